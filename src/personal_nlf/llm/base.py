@@ -1,0 +1,75 @@
+"""The one interface every LLM backend implements (hf, vllm, openai).
+
+A prompt is a list of chat messages ({"role", "content"}). Backends whose model has no chat
+template (base models such as Gemma 3 270M) render it as plain text with `render_plain`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+class BackendError(RuntimeError):
+    """The backend cannot serve the request (endpoint down, model missing...): message says why."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+    n: int = 1  # completions per prompt (VAC samples N feedbacks; GRPO G summaries)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float  # wall time of the batch call divided by the prompts in it
+    finish_reason: str = "stop"  # "stop" | "length"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def render_plain(messages: Messages, answer_prefix: str = "") -> str:
+    """Text prompt for models without a chat template."""
+    parts = []
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(m["content"].strip())
+        elif m["role"] == "user":
+            parts.append(m["content"].strip())
+        else:
+            parts.append(f"Answer: {m['content'].strip()}")
+    return "\n\n".join(parts) + "\n\nAnswer:" + (" " + answer_prefix if answer_prefix else "")
+
+
+class Backend(abc.ABC):
+    """generate() for answers; choice_logprobs() for the judge's logprob method."""
+
+    name: str = "base"
+
+    @abc.abstractmethod
+    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
+        """For each prompt, `sampling.n` generations (outer list aligned with prompts)."""
+
+    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
+        """Log-probability of each single-token choice right after `answer_prefix` in the
+        assistant turn. Backends that cannot do it raise BackendError naming the alternative."""
+        raise BackendError(f"the {self.name} backend cannot return token log-probabilities; "
+                           "use judge.method=generate or the hf/vllm backend for the judge")
+
+    @abc.abstractmethod
+    def describe(self) -> dict[str, Any]:
+        """Provenance: backend, model, adapter (with content hashes where local), device."""
+
+    def close(self) -> None:  # release GPU memory / engines
+        pass
