@@ -1,0 +1,185 @@
+"""transformers backend: CPU or CUDA (picked automatically), batched generation with left
+padding, chat templates, optional PEFT adapter, seeded sampling, next-token log-probs."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import models
+from ..config import RoleConfig
+from .base import Backend, BackendError, Generation, Messages, Sampling, render_plain
+
+
+def pick_device(device: str) -> str:
+    import torch
+
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        # bf16 on accelerators; fp32 on CPU (bf16 matmuls are ~10x slower on this kind of CPU).
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="auto", adapter: str | None = None,
+                             trainable: bool = False):
+    """Shared by the hf backend and training: resolve, load, move, attach adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = models.resolve(model_ref, models_dir)
+    dev = pick_device(device)
+    try:
+        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+    except OSError as e:
+        raise BackendError(f"could not load model {model_ref!r} from {path!r}: {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    if adapter:
+        from peft import PeftModel
+
+        if not Path(adapter, "adapter_config.json").exists():
+            raise BackendError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    model.to(dev)
+    if not trainable:
+        model.eval()
+    return model, tok, path, dev
+
+
+class HFBackend(Backend):
+    name = "hf"
+
+    def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0):
+        self.role = role
+        self.seed = seed
+        self.model, self.tok, self.path, self.device = load_model_and_tokenizer(
+            role.model, models_dir, role.device, role.dtype, role.adapter)
+        fmt = role.prompt_format
+        self.chat = bool(self.tok.chat_template) if fmt == "auto" else fmt == "chat"
+        if self.chat and not self.tok.chat_template:
+            raise BackendError(f"{role.model}: prompt_format=chat but the tokenizer has no chat template; use plain")
+        self.truncated = 0
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, messages: Messages, answer_prefix: str = "") -> str:
+        if not self.chat:
+            return render_plain(messages, answer_prefix)
+        text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return text + answer_prefix
+
+    def _encode(self, texts: list[str]):
+        import torch
+
+        enc = [self.tok(t, add_special_tokens=not self.chat)["input_ids"] for t in texts]
+        out, flags = [], []
+        limit = self.role.max_input_tokens
+        for ids in enc:
+            if len(ids) > limit:
+                # Keep the end: prompts put the question and instructions last.
+                ids = ids[-limit:]
+                self.truncated += 1
+                flags.append(True)
+            else:
+                flags.append(False)
+            out.append(ids)
+        width = max(len(i) for i in out)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in out])
+        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in out])
+        return input_ids.to(self.device), mask.to(self.device), [len(i) for i in out], flags
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
+        import torch
+
+        texts = [self.render(p) for p in prompts]
+        results: list[list[Generation] | None] = [None] * len(texts)
+        # Length-sorted batches: less padding, and the order of the output does not depend on it.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        bs = self.role.batch_size
+        for b, start in enumerate(range(0, len(order), bs)):
+            idx = order[start:start + bs]
+            input_ids, mask, lens, flags = self._encode([texts[i] for i in idx])
+            gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tok.pad_token_id,
+                                              num_return_sequences=sampling.n)
+            if sampling.temperature > 0:
+                gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            else:
+                gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+            torch.manual_seed(sampling.seed + b)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+            dt = (time.perf_counter() - t0) / len(idx)
+            new = out[:, input_ids.shape[1]:]
+            for j, i in enumerate(idx):
+                gens = []
+                for s in range(sampling.n):
+                    row = new[j * sampling.n + s]
+                    eos = (row == self.tok.eos_token_id).nonzero()
+                    n_tok = int(eos[0]) + 1 if len(eos) else int((row != self.tok.pad_token_id).sum())
+                    text = self.tok.decode(row[:n_tok], skip_special_tokens=True).strip()
+                    gens.append(Generation(text=text, prompt_tokens=lens[j], completion_tokens=n_tok, latency_s=dt,
+                                           finish_reason="stop" if len(eos) else "length",
+                                           extra={"truncated": True} if flags[j] else {}))
+                results[i] = gens
+        return results  # type: ignore[return-value]
+
+    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
+        import torch
+
+        # A choice may be tokenized with or without a leading space after the prefix: sum both.
+        variants: dict[str, list[int]] = {}
+        for c in choices:
+            encoded = [self.tok.encode(v, add_special_tokens=False) for v in (c, " " + c)]
+            variants[c] = sorted({ids[0] for ids in encoded if len(ids) == 1})
+        for c, ids in variants.items():
+            if not ids:
+                raise BackendError(f"choice {c!r} is not a single token for {self.role.model}")
+        texts = [self.render(p, answer_prefix) for p in prompts]
+        out: list[dict[str, float]] = []
+        bs = self.role.batch_size
+        for start in range(0, len(texts), bs):
+            input_ids, mask, _, _ = self._encode(texts[start:start + bs])
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, -1, :].float()
+            logp = torch.log_softmax(logits, dim=-1)
+            for row in logp:
+                out.append({c: float(torch.logsumexp(row[ids], dim=0)) for c, ids in variants.items()})
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "hf",
+            "model": self.role.model,
+            "model_hash": models.folder_hash(self.path) if Path(self.path).exists() else self.path,
+            "adapter": self.role.adapter,
+            "adapter_hash": models.folder_hash(self.role.adapter) if self.role.adapter else None,
+            "device": self.device,
+            "dtype": str(next(self.model.parameters()).dtype),
+            "prompt_format": "chat" if self.chat else "plain",
+        }
+
+
+def expected_score(logprobs: dict[str, float]) -> float:
+    """Expected value of the choice labels ("0","1","2"), probabilities renormalized over them."""
+    ps = {c: math.exp(lp) for c, lp in logprobs.items()}
+    z = sum(ps.values())
+    if z <= 0:
+        raise BackendError("all choice probabilities are zero")
+    return sum(int(c) * p for c, p in ps.items()) / z
