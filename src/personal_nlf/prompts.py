@@ -18,7 +18,7 @@ TEMPLATE_VERSION = "2026-11-23.1"
 
 SYSTEM = "You are a helpful assistant that answers questions for a specific person."
 
-ANSWER_FORMAT = 'Reply with JSON only: {"personalized_answer": "<your answer>"}'
+ANSWER_FORMAT = 'Reply with JSON only: {{"personalized_answer": "<your answer>"}}'
 
 TEMPLATES: dict[str, str] = {
     "no_pers": "Answer the following question.\n\nQuestion: {question}\n\n" + ANSWER_FORMAT,

@@ -24,7 +24,8 @@ def git_revision(cwd: str | Path = ".") -> str:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        # Dirty = uncommitted *code*; params, dvc.lock and metrics change during every run.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "stages"], cwd=cwd,
                                capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):

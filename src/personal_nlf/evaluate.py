@@ -1,0 +1,232 @@
+"""Answer an evaluation split with one method, judge every rubric aspect, and write per-sample
+outputs, reference-format predictions and the metrics JSON. Used by the baseline stages and by
+every mode's evaluate stage, so all rows of the report are computed the same way."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from . import metrics, prompts, provenance
+from .config import Params, RoleConfig
+from .data import Record, load_prepared
+from .generation import generate_journaled
+from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
+from .judge import JudgeItem, fingerprint_fields, judge_items, outcome_counts
+from .llm import Backend, load_backend, sampling_for
+
+log = logging.getLogger("personal_nlf")
+
+METHODS = ("no_pers", "rag", "rag_random", "planpers")
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    domain: str
+    split: str
+    record: Record
+    own: list[str]  # texts of the record's own top-k profile items (retrieval order)
+    other: list[str]  # top-k items of another user's profile (rag_random)
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain}/{self.split}/{self.record.id}"
+
+
+class BackendPool:
+    """One loaded model per distinct (model, adapter, backend, device...) across roles: the
+    judge and the policy share weights when they name the same model."""
+
+    SAMPLING_FIELDS = {"temperature", "top_p", "max_new_tokens"}
+
+    def __init__(self, models_dir, seed: int):
+        self.models_dir, self.seed, self._cache = models_dir, seed, {}
+
+    def get(self, role: RoleConfig) -> Backend:
+        key = stable_hash(role.model_dump(exclude=self.SAMPLING_FIELDS))
+        if key not in self._cache:
+            log.info("loading %s backend for %s%s", role.backend, role.model,
+                     f" + adapter {role.adapter}" if role.adapter else "")
+            self._cache[key] = load_backend(role, self.models_dir, self.seed)
+        return self._cache[key]
+
+    def close(self) -> None:
+        for b in self._cache.values():
+            b.close()
+        self._cache.clear()
+
+
+def load_eval_records(prepared: str | Path, index: str | Path | None, domains: list[str], split: str) -> list[EvalRecord]:
+    """Records of the split with their retrieved profile texts (none when index is None: no_pers)."""
+    out = []
+    for domain in domains:
+        records = load_prepared(prepared, domain, split)
+        by_id = {r.id: r for r in records}
+        if index is None:
+            out.extend(EvalRecord(domain, split, r, [], []) for r in records)
+            continue
+        rows = {row["id"]: row for row in pl.read_parquet(Path(index) / domain / f"{split}.parquet").to_dicts()}
+        for r in records:
+            row = rows[r.id]
+            items = {p.id: p.text for p in r.profile}
+            own = [items[i] for i in row["top_ids"]]
+            other_rec = by_id.get(row["random_user_id"]) if row["random_user_id"] else None
+            other_items = {p.id: p.text for p in other_rec.profile} if other_rec else {}
+            other = [other_items[i] for i in row["random_top_ids"]]
+            out.append(EvalRecord(domain, split, r, own, other))
+    return out
+
+
+def policy_prompt(method: str, er: EvalRecord, plan: list[str] | None = None):
+    """The evaluation-time prompt: built from the question and profile texts only."""
+    q = er.record.question
+    if method == "no_pers":
+        return prompts.no_pers(q)
+    if method == "rag":
+        return prompts.rag(q, er.own)
+    if method == "rag_random":
+        return prompts.rag(q, er.other)
+    if method == "planpers":
+        return prompts.planpers(q, er.own, plan or [])
+    raise ValueError(f"unknown method {method!r}; known: {METHODS}")
+
+
+def _gen_record(er: EvalRecord, role: RoleConfig, backend: Backend, sampling, template: str, messages, g) -> dict:
+    answer, outcome = prompts.parse_answer(g.text)
+    return {
+        "domain": er.domain, "split": er.split, "id": er.record.id,
+        "model": role.model, "adapter": role.adapter, "backend": backend.name,
+        "sampling": sampling.to_dict(), "template": template, "prompt_hash": prompts.template_hash(template),
+        "prompt_sha": stable_hash(messages), "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.completion_tokens, "latency_s": round(g.latency_s, 4),
+        "finish_reason": g.finish_reason, "truncated_prompt": bool(g.extra.get("truncated")),
+        "text": g.text, "answer": answer, "parse_outcome": outcome,
+    }
+
+
+def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPool, out_dir: Path,
+           policy: RoleConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Generate (journaled) the method's answers; returns (answers by key, plans by key)."""
+    plans: dict[str, dict] = {}
+    if method == "planpers":
+        prole = params.models.planner
+        pb = pool.get(prole)
+        ps = sampling_for(prole, seed=params.seed)
+        items = [(er.key, prompts.planner(er.record.question, er.own)) for er in recs]
+        fp = stable_hash({"role": prole.model_dump(), "backend": pb.describe(), "sampling": ps.to_dict(),
+                          "prompts": [m for _, m in items]})
+        j = Journal(out_dir / "plans.jsonl.partial", fp, log=log.info)
+        by_key = {er.key: er for er in recs}
+        prompts_by_key = dict(items)
+
+        def to_plan(key, gens):
+            rec = _gen_record(by_key[key], prole, pb, ps, "planner", prompts_by_key[key], gens[0])
+            rec["plan"], rec["plan_outcome"] = prompts.parse_plan(gens[0].text)
+            return rec
+
+        plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=max(8, prole.batch_size), desc="plans")
+        write_jsonl_atomic(out_dir / "plans.jsonl", [plans[er.key] for er in recs])
+        j.close(remove=True)
+
+    backend = pool.get(policy)
+    sampling = sampling_for(policy, seed=params.seed)
+    template = "rag" if method == "rag_random" else method
+    items = [(er.key, policy_prompt(method, er, plans.get(er.key, {}).get("plan"))) for er in recs]
+    fp = stable_hash({"method": method, "role": policy.model_dump(), "backend": backend.describe(),
+                      "sampling": sampling.to_dict(), "prompts": [m for _, m in items]})
+    j = Journal(out_dir / "generations.jsonl.partial", fp, log=log.info)
+    by_key = {er.key: er for er in recs}
+    prompts_by_key = dict(items)
+    answers = generate_journaled(
+        backend, items, sampling, j,
+        lambda key, gens: _gen_record(by_key[key], policy, backend, sampling, template, prompts_by_key[key], gens[0]),
+        chunk_size=max(8, policy.batch_size), desc=method)
+    write_jsonl_atomic(out_dir / "generations.jsonl", [answers[er.key] for er in recs])
+    j.close(remove=True)
+    return answers, plans
+
+
+def judge_answers(recs: list[EvalRecord], answers: dict[str, dict], params: Params, pool: BackendPool,
+                  out_dir: Path) -> list[dict[str, Any]]:
+    role = params.models.judge
+    backend = pool.get(role)
+    items, meta = [], {}
+    for er in recs:
+        for a_idx, a in enumerate(er.record.rubric_aspects):
+            key = f"{er.key}#{a_idx}"
+            items.append(JudgeItem(key, er.record.question, er.record.narrative, a.aspect, a.reason, a.evidence,
+                                   answers[er.key]["answer"]))
+            meta[key] = {"domain": er.domain, "split": er.split, "id": er.record.id, "aspect_index": a_idx,
+                         "aspect": a.aspect}
+    fp = stable_hash({**fingerprint_fields(params.judge, role, backend), "items": [it.messages() for it in items]})
+    j = Journal(out_dir / "judge_scores.jsonl.partial", fp, log=log.info)
+    scored = judge_items(items, backend, params.judge, role, j, seed=params.seed, chunk_size=max(16, role.batch_size))
+    rows = [{**meta[it.key], "judge_method": params.judge.method, **scored[it.key]} for it in items]
+    write_jsonl_atomic(out_dir / "judge_scores.jsonl", rows)
+    j.close(remove=True)
+    return rows
+
+
+def write_predictions(recs: list[EvalRecord], answers: dict[str, dict], out_dir: Path) -> None:
+    """The official LaMP-QA evaluator's input format: {id: [{"output": text}]} per domain."""
+    for domain in sorted({er.domain for er in recs}):
+        preds = {er.record.id: [{"output": answers[er.key]["answer"]}] for er in recs if er.domain == domain}
+        write_json_atomic(out_dir / "predictions" / f"{domain}.json", preds)
+
+
+def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params, pool: BackendPool,
+                   policy: RoleConfig, prepared: str | Path, extra: dict | None = None) -> dict[str, Any]:
+    qs = metrics.question_scores(judge_rows)
+    summary = metrics.summarize(qs, n_boot=params.baselines.bootstrap_samples, seed=params.seed)
+    n = len(recs)
+    latency = sum(answers[er.key]["latency_s"] + plans.get(er.key, {}).get("latency_s", 0.0) for er in recs)
+    ptoks = sum(answers[er.key]["prompt_tokens"] + plans.get(er.key, {}).get("prompt_tokens", 0) for er in recs)
+    judge_out = outcome_counts(judge_rows)
+    roles = {"policy": policy, "judge": params.models.judge}
+    if plans:
+        roles["planner"] = params.models.planner
+    templates = ["judge", "rag" if method == "rag_random" else method] + (["planner"] if plans else [])
+    return {
+        "method": method,
+        **summary,
+        "s_per_query": round(latency / n, 4),
+        "prompt_tokens_per_query": round(ptoks / n, 1),
+        "answer_parse": dict(sorted(Counter(a["parse_outcome"] for a in answers.values()).items())),
+        "hit_token_budget": sum(1 for a in answers.values() if a["finish_reason"] == "length"),
+        "truncated_prompts": sum(1 for a in answers.values() if a["truncated_prompt"]),
+        "empty_profiles": sum(1 for er in recs if not er.record.profile),
+        "judge_outcomes": judge_out,
+        "judge_failures": sum(v for k, v in judge_out.items() if k.startswith("failed")),
+        "provenance": provenance.collect(
+            params.seed,
+            {name: pool.get(r).describe() for name, r in roles.items()},
+            {name: sampling_for(r, seed=params.seed).to_dict() for name, r in roles.items()},
+            templates, prepared, {"judge": params.judge.model_dump(), **(extra or {})}),
+    }
+
+
+def evaluate_method(method: str, params: Params, prepared: str | Path, index: str | Path, models_dir,
+                    out_dir: str | Path, metrics_path: str | Path, policy: RoleConfig | None = None,
+                    split: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+    policy = policy or params.models.policy
+    split = split or params.baselines.eval_split
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if method != "no_pers" and index is None:
+        raise ValueError(f"method {method} needs the retrieval index (--index)")
+    recs = load_eval_records(prepared, index, params.data.domains, split)
+    pool = BackendPool(models_dir, params.seed)
+    try:
+        answers, plans = answer(method, recs, params, pool, out_dir, policy)
+        judge_rows = judge_answers(recs, answers, params, pool, out_dir)
+        write_predictions(recs, answers, out_dir)
+        result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra)
+    finally:
+        pool.close()
+    write_json_atomic(metrics_path, result)
+    return result

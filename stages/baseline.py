@@ -1,0 +1,27 @@
+"""Stage baseline_<method>: a Table-2 row that needs no training (no_pers, rag, rag_random,
+planpers) on the evaluation split of every domain: answers, per-aspect judge scores, metrics."""
+
+from personal_nlf import evaluate, stage, tracking
+
+
+def main(args, params):
+    logged = {"method": args.method, "seed": params.seed, "models": params.models.model_dump(),
+              "judge": params.judge.model_dump(), "baselines": params.baselines.model_dump()}
+    with tracking.stage_run(params.tracking, f"baseline_{args.method}", logged, {"method": args.method}) as run:
+        m = evaluate.evaluate_method(args.method, params, args.prepared, args.index, args.models_dir, args.out,
+                                     args.metrics)
+        stage.log.info("%s: macro %.4f %s, %.2f s/query", args.method, m["macro"], m["macro_ci95"], m["s_per_query"])
+        run.log_metrics({k: m[k] for k in ("macro", "s_per_query", "prompt_tokens_per_query", "judge_failures")})
+        run.log_metrics({f"score.{d}": v["score"] for d, v in m["domains"].items()})
+        run.log_artifact(args.metrics)
+
+
+if __name__ == "__main__":
+    p = stage.parser(__doc__)
+    p.add_argument("--method", required=True, choices=evaluate.METHODS)
+    p.add_argument("--prepared", required=True)
+    p.add_argument("--index", default=None, help="retrieval index (every method but no_pers)")
+    p.add_argument("--models-dir", required=True)
+    p.add_argument("--out", required=True, help="folder for generations.jsonl, judge_scores.jsonl, predictions/")
+    p.add_argument("--metrics", required=True, help="metrics JSON for this method")
+    stage.run(main, p)
