@@ -129,7 +129,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
             rec["plan"], rec["plan_outcome"] = prompts.parse_plan(gens[0].text)
             return rec
 
-        plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=max(8, prole.batch_size), desc="plans")
+        plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=prole.batch_size, desc="plans")
         write_jsonl_atomic(out_dir / "plans.jsonl", [plans[er.key] for er in recs])
         j.close(remove=True)
 
@@ -145,7 +145,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
     answers = generate_journaled(
         backend, items, sampling, j,
         lambda key, gens: _gen_record(by_key[key], policy, backend, sampling, template, prompts_by_key[key], gens[0]),
-        chunk_size=max(8, policy.batch_size), desc=method)
+        chunk_size=policy.batch_size, desc=method)
     write_jsonl_atomic(out_dir / "generations.jsonl", [answers[er.key] for er in recs])
     j.close(remove=True)
     return answers, plans

@@ -1,0 +1,67 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def copy_worktree(dest: Path) -> Path:
+    """The repo as a fresh clone would see it (tracked + untracked-not-ignored files), committed
+    in a new git repo: tests of the pipeline run there, never in the developer's checkout."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = REPO / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def set_params(repo: Path, **updates):
+    """Update params.yaml keys given as dotted paths (a_b stays a_b; use dict for nesting)."""
+    p = repo / "params.yaml"
+    params = yaml.safe_load(p.read_text())
+    for dotted, value in updates.items():
+        node = params
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    p.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def run(cmd, cwd, check=True, timeout=1200, env=None):
+    e = {**os.environ, "PERSONAL_NLF_QUIET": "1", **(env or {})}
+    r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-5000:]}")
+    return r
+
+
+def dvc(*args, cwd, **kw):
+    return run([sys.executable, "-m", "dvc", *args], cwd=cwd, **kw)
+
+
+@pytest.fixture(scope="session")
+def embedded_models(tmp_path_factory):
+    """Materialized embedded models, shared by tests that need a model outside the pipeline."""
+    env_dir = os.environ.get("PERSONAL_NLF_TEST_MODELS_DIR")
+    if env_dir:
+        return Path(env_dir)
+    from personal_nlf import models
+
+    out = tmp_path_factory.mktemp("models")
+    for name in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
+        models.materialize(name, out)
+    return out
