@@ -344,13 +344,9 @@ def test_local_server_refuses_non_loopback_and_non_model(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    given = os.environ.get("PERSONAL_NLF_TEST_MODEL_DIR")
-    if given:
-        return given
-    from personal_nlf.models import materialize
-
-    return str(materialize("smollm2-135m-instruct", tmp_path_factory.mktemp("models"), log=lambda *a: None))
+def model_dir(embedded_models):
+    # Shared, session-scoped (tests/conftest.py): the model is materialized once per test run.
+    return str(embedded_models / "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="module")

@@ -61,3 +61,15 @@ def test_build_index_hand_made_case_and_cache(tmp_path):
     rows2, stats2 = retrieval.build_index(recs2, enc, cache2, k=1, seed=0)
     assert stats2["encoded_now"] == 0 and FakeST.calls == 1  # only the question
     assert rows2[0]["top_ids"] == ["a-p2"]
+
+
+def test_contriever_style_encoder_path_mean_pooling_dot(embedded_models):
+    """pooling=mean on a bare HF encoder folder takes the Contriever branch (Transformer + mean
+    pooling, raw dot product); here on the local MiniLM weights since no hub is reachable."""
+    enc = retrieval.load_encoder(str(embedded_models / "all-minilm-l6-v2"), None, pooling="mean")
+    assert enc.similarity == "dot"
+    v = enc.encode(["a guitar question", "a bread question"])
+    assert v.shape[0] == 2 and not np.allclose(np.linalg.norm(v, axis=1), 1.0)
+    st = retrieval.load_encoder("embedded:all-minilm-l6-v2", embedded_models)
+    assert st.similarity == "cosine"
+    assert np.allclose(np.linalg.norm(st.encode(["x"]), axis=1), 1.0, atol=1e-4)

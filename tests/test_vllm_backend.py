@@ -85,13 +85,9 @@ def test_lora_rank_for(tmp_path):
 # -- the real engine ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    env = os.environ.get("PERSONAL_NLF_TEST_MODEL_DIR")
-    if env:
-        return Path(env)
-    from personal_nlf.models import materialize
-
-    return materialize("smollm2-135m-instruct", tmp_path_factory.mktemp("models"))
+def model_dir(embedded_models):
+    # Shared, session-scoped (tests/conftest.py): the model is materialized once per test run.
+    return embedded_models / "smollm2-135m-instruct"
 
 
 @pytest.fixture(scope="module")

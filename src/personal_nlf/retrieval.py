@@ -62,7 +62,7 @@ def load_encoder(ref: str, models_dir, similarity="auto", pooling="auto", batch_
     else:
         # Contriever-style: a bare HF encoder with our pooling; the reference uses mean + dot.
         word = st_models.Transformer(path)
-        pool = st_models.Pooling(word.get_word_embedding_dimension(), pooling_mode="mean" if pooling in ("auto", "mean") else "cls")
+        pool = st_models.Pooling((word.get_embedding_dimension() if hasattr(word, "get_embedding_dimension") else word.get_word_embedding_dimension()), pooling_mode="mean" if pooling in ("auto", "mean") else "cls")
         model = SentenceTransformer(modules=[word, pool], device=device)
         similarity = "dot" if similarity == "auto" else similarity
     weights = models.folder_hash(path) if Path(path).exists() else ref
