@@ -126,3 +126,44 @@ def test_killed_generation_resumes_each_record_once(pipeline, tmp_path):
     assert not journal.exists()
     a, b = (json.loads(Path(str(d) + ".json").read_text()) for d in (tmp_path / "uninterrupted", out_dir))
     assert a["macro"] == b["macro"] and a["domains"] == b["domains"]
+
+
+def test_one_vac_iteration_end_to_end(pipeline):
+    """One VAC iteration with N=2 on the tiny slice: rollout, feedback, refine, judge, LoRA SFT
+    of the feedback model and the policy (TRL), checkpoint selection on validation, evaluation."""
+    repo = pipeline["repo"]
+    set_params(repo, **{"nlf.n_feedback": 2, "nlf.max_train_records_per_domain": 1, "train.max_steps": 2,
+                        "train.save_steps": 1, "train.per_device_batch_size": 2, "models.feedback.max_new_tokens": 12,
+                        "models.policy.batch_size": 16})
+    dvc("repro", "evaluate@1", cwd=repo)
+    it = repo / "outputs/nlf/iter_1"
+    fb = read_jsonl(it / "signal/feedback.jsonl")
+    assert len(fb) == 3 * 2  # 3 records (1 per domain) x N=2
+    sel = read_jsonl(it / "judge/selection.jsonl")
+    assert len(sel) == 3 and all(0 <= s["best_j"] < 2 for s in sel)
+    summary = json.loads((it / "judge/summary.json").read_text())
+    assert 0.0 <= summary["share_best_beats_initial"] <= 1.0
+    for which in ("policy", "feedback"):
+        state = json.loads((it / f"train_{which}/state.json").read_text())
+        adapter = repo / state["adapter"]
+        assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
+    # Standard PEFT format: PeftModel.from_pretrained loads it on the base model.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(repo / "models/embedded/smollm2-135m-instruct")
+    PeftModel.from_pretrained(base, repo / "outputs/nlf/iter_1/train_policy/adapter")
+    # The policy's training examples never contain the narrative or the rubric.
+    from personal_nlf.data import load_prepared
+
+    recs = {r.id: r for d in ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
+            for r in load_prepared(repo / "outputs/prepared", d, "train")}
+    for row in read_jsonl(it / "train_policy/policy_data.jsonl"):
+        r = recs[row["key"].split("/")[-1]]
+        blob = json.dumps(row["prompt"])
+        assert r.narrative not in blob
+        assert not any(a.aspect in blob or a.evidence in blob for a in r.rubric_aspects)
+    m = json.loads((repo / "metrics/nlf/iter_1.json").read_text())
+    assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
+    validation = json.loads((it / "train_policy/state.json").read_text())["validation"]
+    assert validation["selected_by"] == "validation_macro" and len(validation["scores"]) == 2

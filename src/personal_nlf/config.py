@@ -94,7 +94,49 @@ class RoleConfig(Section):
 class ModelsConfig(Section):
     policy: RoleConfig = RoleConfig()
     planner: RoleConfig = RoleConfig()
+    feedback: RoleConfig = RoleConfig(temperature=1.0, max_new_tokens=64)
     judge: RoleConfig = RoleConfig(max_new_tokens=32)
+
+
+class TrainConfig(Section):
+    """LoRA training (TRL). Paper defaults: r=16, alpha=16, dropout .05, lr 5e-5, batch 32,
+    <=5000 steps, 10% warmup, best checkpoint on validation."""
+
+    objective: Literal["sft", "dpo"] = "sft"
+    lora_r: int = Field(default=16, ge=1)
+    lora_alpha: int = Field(default=16, ge=1)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+    learning_rate: float = Field(default=5e-5, gt=0)
+    max_steps: int = Field(default=5000, ge=1)
+    per_device_batch_size: int = Field(default=4, ge=1)
+    gradient_accumulation_steps: int = Field(default=8, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, le=1)
+    save_steps: int = Field(default=500, ge=1)
+    max_length: int = Field(default=2048, ge=64)
+    dpo_beta: float = Field(default=0.1, ge=0)
+    # Pick the checkpoint with the best judge score on the validation split (else the last).
+    select_on_validation: bool = True
+
+
+class IterationConfig(Section):
+    """One iteration of a mode's loop: which iteration it continues from, and optional
+    per-iteration training overrides (so changing iteration 2 reruns only iteration 2 onward)."""
+
+    prev: str
+    learning_rate: float | None = Field(default=None, gt=0)
+    max_steps: int | None = Field(default=None, ge=1)
+
+
+class NlfConfig(Section):
+    """VAC: feedback model writes feedback, policy revises, judge picks the best feedback."""
+
+    iterations: dict[str, IterationConfig] = Field(
+        default_factory=lambda: {"1": IterationConfig(prev="0"), "2": IterationConfig(prev="1")})
+    n_feedback: int = Field(default=4, ge=1)  # N feedbacks sampled per answer
+    train_feedback: bool = True  # false = frozen feedback model (ablation)
+    # Train records used by the loop per domain (None = all): keeps CPU runs short.
+    max_train_records_per_domain: int | None = Field(default=None, ge=1)
 
 
 class JudgeConfig(Section):
@@ -117,12 +159,15 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 42
+    mode: Literal["nlf"] = "nlf"
     data: DataConfig = DataConfig()
     base_model: BaseModelsConfig = BaseModelsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     models: ModelsConfig = ModelsConfig()
     judge: JudgeConfig = JudgeConfig()
     baselines: BaselinesConfig = BaselinesConfig()
+    train: TrainConfig = TrainConfig()
+    nlf: NlfConfig = NlfConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -1,0 +1,125 @@
+"""LoRA training with TRL's trainers as they are: SFTTrainer (prompt -> completion, loss on the
+completion only) and DPOTrainer (chosen over rejected). Adapters are saved in standard PEFT
+format, loadable by PeftModel.from_pretrained and by vLLM LoRA requests.
+
+Checkpoints go to a work folder beside the stage output, so a killed training run, rerun,
+resumes from its last checkpoint (DVC deletes declared outputs before a rerun; not this folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .config import RoleConfig, TrainConfig
+from .llm.base import Messages
+from .llm.hf import load_model_and_tokenizer
+
+log = logging.getLogger("personal_nlf")
+
+
+def _lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=cfg.target_modules, task_type="CAUSAL_LM")
+
+
+def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[str]) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(work_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        # transformers 5: a float warmup_steps in [0, 1) is a ratio of the total steps.
+        warmup_steps=float(cfg.warmup_ratio) if cfg.warmup_ratio < 1 else 0, lr_scheduler_type="linear", logging_steps=1,
+        save_strategy="steps", save_steps=cfg.save_steps, save_only_model=False,
+        # TRL defaults to bf16 + gradient checkpointing: ~10x slower (or crashing) on CPU.
+        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, use_cpu=not cuda, gradient_checkpointing=False,
+        seed=seed, data_seed=seed, report_to=report_to, dataloader_num_workers=0, disable_tqdm=True,
+        remove_unused_columns=True,
+    )
+
+
+def _model(role: RoleConfig, models_dir, init_adapter: str | None):
+    """Base model, with the previous iteration's adapter loaded *trainable* when continuing
+    (a PeftModel loaded with is_trainable=False trains nothing, silently)."""
+    model, tok, path, _ = load_model_and_tokenizer(role.model, models_dir, role.device, "float32" if role.dtype == "auto" else role.dtype,
+                                                   adapter=init_adapter, trainable=True)
+    tok.padding_side = "right"  # training pads on the right; generation on the left
+    return model, tok
+
+
+def _last_checkpoint(work_dir: Path) -> str | None:
+    cps = sorted(work_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return str(cps[-1]) if cps else None
+
+
+def checkpoints(work_dir: str | Path) -> list[Path]:
+    return sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainConfig,
+          work_dir: str | Path, seed: int, init_adapter: str | None = None, report_to: list[str] | None = None) -> dict[str, Any]:
+    """Train a LoRA adapter. rows: {"prompt": Messages, "completion": Messages} for sft;
+    {"prompt", "chosen", "rejected"} for dpo. Returns the trainer's log history summary."""
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError("no training examples")
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    model, tok = _model(role, models_dir, init_adapter)
+    peft_config = None if init_adapter else _lora_config(cfg)
+    ds = Dataset.from_list(rows)
+    args = _common_args(cfg, work_dir, seed, report_to or [])
+    if objective == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=SFTConfig(**args, max_length=cfg.max_length, completion_only_loss=True),
+                             train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    elif objective == "dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        trainer = DPOTrainer(model=model, args=DPOConfig(**args, beta=cfg.dpo_beta, max_length=cfg.max_length),
+                             train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    else:
+        raise ValueError(f"unknown objective {objective!r}")
+    resume = _last_checkpoint(work_dir)
+    if resume:
+        log.info("resuming training from %s", resume)
+    result = trainer.train(resume_from_checkpoint=resume)
+    # Make sure the final state is a checkpoint too (max_steps may not be a multiple of save_steps).
+    final = work_dir / f"checkpoint-{trainer.state.global_step}"
+    if not final.exists():
+        trainer.save_model(str(final))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+            "loss_curve": losses}
+
+
+def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:
+    """Copy only the PEFT adapter files of a checkpoint (no optimizer state) to `out`."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        src = Path(checkpoint) / name
+        if not src.exists():
+            raise FileNotFoundError(f"{checkpoint}: no {name} (not a PEFT checkpoint)")
+        shutil.copy2(src, out / name)
+    return out
+
+
+def sft_row(prompt: Messages, completion: str) -> dict[str, Any]:
+    return {"prompt": prompt, "completion": [{"role": "assistant", "content": completion}]}
+
+
+def dpo_row(prompt: Messages, chosen: str, rejected: str) -> dict[str, Any]:
+    return {"prompt": prompt, "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
