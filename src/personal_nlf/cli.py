@@ -1,11 +1,19 @@
-"""`personal-nlf` command line: data validation (more subcommands join as stages grow)."""
+"""`personal-nlf` command line: data validation and rescoring of kept judge outputs."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
+from pathlib import Path
+from typing import Any
 
 from . import data
+
+
+class CliError(Exception):
+    """An input the command cannot use: reported in one line, exit 2."""
 
 
 def cmd_validate_data(args) -> int:
@@ -25,6 +33,136 @@ def cmd_validate_data(args) -> int:
     return worst
 
 
+# --- rescore ---------------------------------------------------------------------------------
+
+# Where a metrics file may record the bootstrap sample count, first match wins.
+_BOOTSTRAP_KEYS = (("provenance", "bootstrap_samples"), ("provenance", "baselines", "bootstrap_samples"),
+                   ("bootstrap_samples",))
+
+
+def _dig(d: Any, path: tuple[str, ...]) -> Any:
+    for k in path:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def read_judge_rows(path: str | Path) -> list[dict[str, Any]]:
+    """Per-aspect judge rows (domain, id, score in [0, 2], optional aspect_index), checked."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{path}: cannot read ({e})") from None
+    rows, seen = [], set()
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CliError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise CliError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in ("domain", "id", "score") if k not in row]
+        if missing:
+            raise CliError(f"{path}: line {n}: missing field(s) {', '.join(missing)}")
+        score = row["score"]
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score) \
+                or not 0.0 <= score <= 2.0:
+            raise CliError(f"{path}: line {n}: score must be a number in [0, 2], got {score!r}")
+        if "aspect_index" in row:
+            key = (row["domain"], row["id"], row.get("split"), row["aspect_index"])
+            if key in seen:
+                raise CliError(f"{path}: line {n}: duplicate aspect {row['aspect_index']} of "
+                               f"{row['domain']}/{row['id']} (a concatenated or re-appended file?)")
+            seen.add(key)
+        rows.append(row)
+    if not rows:
+        raise CliError(f"{path}: no judge rows")
+    return rows
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CliError(f"{path}: cannot read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CliError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(m, dict):
+        raise CliError(f"{path}: expected a JSON object, got {type(m).__name__}")
+    return m
+
+
+def compare(recomputed: dict[str, Any], stored: dict[str, Any], prefix: str = "") -> list[str]:
+    """Fields of `recomputed` that `stored` lacks or holds with another value (dotted paths).
+    Only the fields rescoring produces are compared; the rest of the metrics file is ignored."""
+    diffs = []
+    for k, v in recomputed.items():
+        field = f"{prefix}{k}"
+        if not isinstance(stored, dict) or k not in stored:
+            diffs.append(f"{field}: missing from the metrics file (recomputed {json.dumps(v)})")
+        elif isinstance(v, dict) and isinstance(stored[k], dict):
+            diffs.extend(compare(v, stored[k], field + "."))
+            extra = sorted(set(stored[k]) - set(v))
+            if extra and prefix == "" and k == "domains":
+                diffs.extend(f"{field}.{d}: in the metrics file but not in the judge scores" for d in extra)
+        elif v != stored[k]:
+            diffs.append(f"{field}: recomputed {json.dumps(v)} != stored {json.dumps(stored[k])}")
+    return diffs
+
+
+def cmd_rescore(args) -> int:
+    from . import metrics
+    from .config import BaselinesConfig, Params
+
+    stored = read_metrics(args.metrics) if args.metrics else None
+    n_boot, seed, notes = args.bootstrap, args.seed, []
+    if n_boot is None:
+        recorded = next((v for v in (_dig(stored, p) for p in _BOOTSTRAP_KEYS) if v is not None), None)
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            n_boot = recorded
+        else:
+            n_boot = BaselinesConfig().bootstrap_samples
+            if stored is not None:
+                notes.append(f"{args.metrics} does not record the bootstrap sample count; using {n_boot} "
+                             "(pass --bootstrap N if the run used another)")
+    if seed is None:
+        recorded = _dig(stored, ("provenance", "seed"))
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            seed = recorded
+        else:
+            seed = Params().seed
+            if stored is not None:
+                notes.append(f"{args.metrics} does not record the seed; using {seed} (pass --seed S)")
+    if n_boot < 1:
+        raise CliError(f"--bootstrap must be at least 1, got {n_boot}")
+    rows = read_judge_rows(args.judge_scores)
+    summary = metrics.summarize(metrics.question_scores(rows), n_boot=n_boot, seed=seed)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps({**summary, "bootstrap_samples": n_boot, "seed": seed}, indent=1))
+    if stored is None:
+        return 0
+    diffs = compare(summary, stored)
+    if diffs:
+        for d in diffs:
+            print(f"mismatch: {d}", file=sys.stderr)
+        print(f"{args.metrics}: DIFFERS from {args.judge_scores} in {len(diffs)} field(s), first: "
+              f"{diffs[0].split(':', 1)[0]}", file=sys.stderr)
+        return 1
+    print(f"{args.metrics}: reproduced from {args.judge_scores} ({summary['n']} questions, "
+          f"{n_boot} bootstrap samples, seed {seed})", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personal-nlf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -33,12 +171,31 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--no-rubric", action="store_true",
                    help="questions-only file (no narrative/rubric_aspects required)")
     v.set_defaults(func=cmd_validate_data)
+    r = sub.add_parser("rescore", help="recompute per-domain scores, macro and CIs from kept judge scores",
+                       description="Recompute per-domain scores, the macro score and bootstrap CIs from a "
+                                   "judge_scores.jsonl (one row per rubric aspect). With --metrics, compare "
+                                   "with a stored metrics JSON: exit 1 naming the first differing field.")
+    r.add_argument("judge_scores", metavar="JUDGE_SCORES_JSONL")
+    r.add_argument("--metrics", metavar="METRICS_JSON", help="stored metrics file to check against")
+    r.add_argument("--bootstrap", type=int, default=None, metavar="N",
+                   help="bootstrap samples (default: the metrics file's record, else 1000)")
+    r.add_argument("--seed", type=int, default=None, metavar="S",
+                   help="bootstrap seed (default: the metrics file's provenance.seed, else 42)")
+    r.set_defaults(func=cmd_rescore)
     return p
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    sys.exit(args.func(args))
+    try:
+        code = args.func(args)
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    except ValueError as e:  # e.g. metrics.summarize on nothing usable
+        print(f"error: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":
