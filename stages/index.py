@@ -24,7 +24,7 @@ def main(args, params):
         for domain in params.data.domains:
             for split in params.data.splits:
                 records = data.load_prepared(args.prepared, domain, split)
-                rows, s = retrieval.build_index(records, enc, cache, cfg.k, params.seed, progress=not args.quiet)
+                rows, s = retrieval.build_index(records, enc, cache, cfg.k, params.seed, progress=not stage.is_quiet(args))
                 write_parquet_atomic(f"{args.out}/{domain}/{split}.parquet", pl.DataFrame(rows, schema=INDEX_SCHEMA))
                 empty = sum(1 for r in records if not r.profile)
                 stats["records"] += len(records)

@@ -206,7 +206,8 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
             params.seed,
             {name: pool.get(r).describe() for name, r in roles.items()},
             {name: sampling_for(r, seed=params.seed).to_dict() for name, r in roles.items()},
-            templates, prepared, {"judge": params.judge.model_dump(), **(extra or {})}),
+            templates, prepared, {"judge": params.judge.model_dump(),
+                                 "bootstrap_samples": params.baselines.bootstrap_samples, **(extra or {})}),
     }
 
 

@@ -57,10 +57,14 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def is_quiet(args) -> bool:
+    return bool(getattr(args, "quiet", False)) or os.environ.get("PERSONAL_NLF_QUIET") == "1"
+
+
 def run(main: Callable[[argparse.Namespace, Params], None], p: argparse.ArgumentParser) -> None:
     """Parse args, load and validate params, seed, run `main`; known errors -> one line, exit 2."""
     args = p.parse_args()
-    quiet = args.quiet or os.environ.get("PERSONAL_NLF_QUIET") == "1"
+    quiet = is_quiet(args)
     setup_logging(quiet)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1" if quiet else "0")
     try:

@@ -67,8 +67,13 @@ class _Run:
             self.mlflow.log_artifact(str(path))
 
 
+def _root() -> Path:
+    # Queued/temp experiments run in a temporary copy; DVC_ROOT is the real repository.
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd())
+
+
 def _tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{_root() / 'mlflow.db'}"
 
 
 @contextlib.contextmanager
@@ -79,11 +84,15 @@ def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any], tags: dic
         return
     import logging
 
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # no phoning home from stages
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     mlflow.set_tracking_uri(_tracking_uri())
+    if mlflow.get_experiment_by_name(cfg.experiment) is None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        # Artifacts beside the local store (fixed when the experiment is first created).
+        mlflow.create_experiment(cfg.experiment, artifact_location=(_root() / "mlruns").as_uri())
     mlflow.set_experiment(cfg.experiment)
     rev, exp = git_revision(), experiment_name()
     pipeline = f"{exp}@{rev[:12]}"
