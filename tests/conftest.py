@@ -41,7 +41,7 @@ def set_params(repo: Path, **updates):
     p.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def run(cmd, cwd, check=True, timeout=1200, env=None):
+def run(cmd, cwd, check=True, timeout=2400, env=None):
     e = {**os.environ, "PERSONAL_NLF_QUIET": "1", **(env or {})}
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=e)
     if check and r.returncode != 0:
