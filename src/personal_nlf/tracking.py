@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,9 @@ class _Run:
         self.mlflow, self.run_id = mlflow, run.info.run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        clean = {k: float(v) for k, v in flatten(metrics).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # MLflow names allow alphanumerics and _ - . space : / only ("vac@1" -> "vac_1").
+        clean = {re.sub(r"[^\w\-. :/]", "_", k): float(v) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if clean:
             self.mlflow.log_metrics(clean, step=step)
 
