@@ -36,12 +36,29 @@ def pipeline(tmp_path_factory):
 
 
 def declared_outs(repo: Path) -> set[str]:
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    """Every output dvc.yaml declares, with ${...} and foreach stages expanded as DVC does."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+
+    def expand(path: str, item_key=None, item=None) -> str:
+        path = path.replace("${mode}", params["mode"])
+        if item_key is not None:
+            path = path.replace("${key}", item_key)
+            for k, v in (item or {}).items():
+                path = path.replace("${item.%s}" % k, str(v))
+        assert "${" not in path, path
+        return path
+
     outs = set()
-    for st in stages.values():
-        for key in ("outs", "metrics", "plots"):
-            for o in st.get(key, []):
-                outs.add(o if isinstance(o, str) else next(iter(o)))
+    for st in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        if "foreach" in st:
+            assert st["foreach"] == "${nlf.iterations}"
+            variants = [(k, v, st["do"]) for k, v in params["nlf"]["iterations"].items()]
+        else:
+            variants = [(None, None, st)]
+        for key, item, body in variants:
+            for field in ("outs", "metrics", "plots"):
+                for o in body.get(field, []):
+                    outs.add(expand(o if isinstance(o, str) else next(iter(o)), key, item))
     return outs
 
 
