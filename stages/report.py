@@ -12,18 +12,19 @@ def main(args, params):
         name, rest = item.split("=", 1)
         mpath, jpath = rest.split(":", 1)
         spec[name] = (mpath, jpath)
-    loop_rows, ref_keys = {}, {}
-    if args.loop:
-        name, rest = args.loop.split("=", 1)
-        mdir, odir = rest.split(":", 1)
+    loop_rows, ref_keys, plots = {}, {}, {}
+    for item in args.loop:
+        name, rest = item.split("=", 1)
+        mdir, odir, plot = rest.split(":", 2)
+        plots[name] = plot
         its = sorted(Path(mdir).glob("iter_*.json"), key=lambda p: int(p.stem.split("_")[1]))
         for i, m in enumerate(its):
             t = m.stem.split("_")[1]
             row = f"{name}@{t}"
             spec[row] = (str(m), f"{odir}/iter_{t}/evaluate/judge_scores.jsonl")
-            loop_rows[row] = int(t)
-            if i == len(its) - 1 and name == "nlf":
-                ref_keys[row] = "vac"  # the paper's VAC row is its final iteration
+            loop_rows[row] = (name, int(t))
+            if i == len(its) - 1:  # the paper's VAC / Offline RL rows are final iterations
+                ref_keys[row] = {"nlf": "vac"}.get(name, name)
     with tracking.stage_run(params.tracking, "report", {"rows": list(spec), "seed": params.seed}) as run:
         rep = report.build(report.load_rows(spec), seed=params.seed, reference_key=ref_keys)
         note = (f"Embedded default unless params say otherwise: policy `{params.models.policy.model}`, judge "
@@ -32,10 +33,10 @@ def main(args, params):
         write_text_atomic(args.markdown, report.to_markdown(rep, note))
         write_json_atomic(args.json, rep)
         write_json_atomic(args.plot, report.domain_plot_rows(rep))
-        if args.loop_plot:
-            write_json_atomic(args.loop_plot, [{"iteration": loop_rows[r["method"]], "macro": r["macro"],
-                                                **{report.SHORT.get(d, d): v for d, v in r["domains"].items()}}
-                                               for r in rep["table"] if r["method"] in loop_rows])
+        for name, plot in plots.items():
+            write_json_atomic(plot, [{"iteration": loop_rows[r["method"]][1], "macro": r["macro"],
+                                      **{report.SHORT.get(d, d): v for d, v in r["domains"].items()}}
+                                     for r in rep["table"] if loop_rows.get(r["method"], ("",))[0] == name])
         run.log_metrics({f"macro.{r['method']}": r["macro"] for r in rep["table"]})
         run.log_artifact(args.markdown)
         print(open(args.markdown).read())
@@ -46,7 +47,8 @@ if __name__ == "__main__":
     p.add_argument("--row", action="append", required=True, help="NAME=METRICS_JSON:JUDGE_SCORES_JSONL (repeatable)")
     p.add_argument("--markdown", required=True)
     p.add_argument("--json", required=True)
-    p.add_argument("--loop", default=None, help="NAME=METRICS_DIR:OUTPUTS_DIR: one row per iteration of a mode")
-    p.add_argument("--loop-plot", default=None, help="score per iteration, for the DVC line plot")
+    p.add_argument("--loop", action="append", default=[],
+                   help="NAME=METRICS_DIR:OUTPUTS_DIR:PLOT_JSON (repeatable): one row per iteration of a training "
+                        "loop, and its score per iteration for the DVC line plot")
     p.add_argument("--plot", required=True, help="per-domain scores for the DVC bar plot")
     stage.run(main, p)

@@ -52,3 +52,34 @@ def test_per_iteration_training_overrides():
     assert IterationContext(p, "1", "0", Path("."), Path("."), Path("."), Path(".")).train_config().max_steps == 10
     c = IterationContext(p, "2", "1", Path("."), Path("."), Path("."), Path(".")).train_config()
     assert c.max_steps == 3 and c.learning_rate == 1e-4
+
+
+# ---------------------------------------------------------------- offline-RL baseline
+
+
+def test_offline_rl_best_first_worst_last_on_ties():
+    from personal_nlf.modes.offline_rl import best_and_worst
+
+    s = best_and_worst([0.2, 0.8, 0.8, 0.2])
+    assert (s["best_j"], s["worst_j"]) == (1, 3) and not s["all_equal"]
+    assert s["mean_score"] == 0.5 and "improved" not in s  # no initial answer in offline RL
+
+
+def test_offline_rl_all_equal_samples_give_no_dpo_pair():
+    from personal_nlf.modes.offline_rl import best_and_worst
+
+    s = best_and_worst([0.0, 0.0, 0.0])  # e.g. every judge output failed: all scored 0
+    assert s["all_equal"] and s["best_j"] == 0 and s["worst_j"] == 2
+
+
+def test_no_training_examples_carries_the_policy_over(tmp_path):
+    from personal_nlf.modes.loop import fit_policy
+
+    d = tmp_path / "iter_1" / "train_policy"
+    d.mkdir(parents=True)
+    (d / "state.json").write_text(json.dumps({"adapter": "outputs/offline_rl/iter_1/train_policy/adapter"}))
+    c = IterationContext(Params(), "2", "1", tmp_path, tmp_path, tmp_path, tmp_path, loop="offline_rl")
+    out = tmp_path / "iter_2" / "train_policy"
+    assert fit_policy(c, "dpo", [], out) == {"examples": 0, "skipped": 1}
+    state = json.loads((out / "state.json").read_text())
+    assert state["adapter"] == "outputs/offline_rl/iter_1/train_policy/adapter" and "no dpo" in state["skipped"]

@@ -110,11 +110,38 @@ def test_rescoring_from_kept_judge_outputs_reproduces_metrics(pipeline):
 
 def test_changing_k_reruns_only_what_reads_it(pipeline):
     out = dvc("exp", "run", "-S", "retrieval.k=3", cwd=pipeline["repo"])
-    ran = {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
+    ran = ran_stages(out)
     # Everything that reads the index reruns (the loop's train questions use retrieval too);
     # base_model, prepare, iter_init and no_pers do not.
-    loop = {f"{s}@1" for s in ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")}
-    assert ran == {"index", "baseline_rag", "baseline_rag_random", "baseline_planpers", "report"} | loop, out.stdout
+    assert ran == {"index", "baseline_rag", "baseline_rag_random", "baseline_planpers", "report"} | loop_stages("1"), \
+        out.stdout
+
+
+VAC_STEPS = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
+OFFLINE_RL_STEPS = ("rollout", "judge", "train_policy", "evaluate")
+
+
+def loop_stages(t: str, vac=VAC_STEPS, offline_rl=OFFLINE_RL_STEPS) -> set[str]:
+    return {f"{s}@{t}" for s in vac} | {f"offline_rl_{s}@{t}" for s in offline_rl}
+
+
+def ran_stages(out) -> set[str]:
+    return {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
+
+
+def test_iterations_are_cached_separately(pipeline):
+    """T is a param: adding iteration 2 runs only iteration 2 (both loops) and the report;
+    then changing an iteration-2 training param reruns only iteration 2's training and what
+    depends on it."""
+    repo = pipeline["repo"]
+    out = dvc("exp", "run", "-S", '+nlf.iterations.2={prev: "1", max_steps: 1}', cwd=repo)
+    assert ran_stages(out) == loop_stages("2") | {"report"}, out.stdout
+    assert json.loads((repo / "outputs/offline_rl/iter_2/train_policy/train_stats.json").read_text())["steps"] == 1
+    report = json.loads((repo / "metrics/report.json").read_text())
+    assert {"nlf@1", "nlf@2", "offline_rl@1", "offline_rl@2"} <= {r["method"] for r in report["table"]}
+    out = dvc("exp", "run", "-S", "++nlf.iterations.2.learning_rate=0.0001", cwd=repo)
+    assert ran_stages(out) == loop_stages("2", vac=("train_feedback", "train_policy", "evaluate"),
+                                          offline_rl=("train_policy", "evaluate")) | {"report"}, out.stdout
 
 
 def test_killed_generation_resumes_each_record_once(pipeline, tmp_path):
@@ -188,3 +215,46 @@ def test_one_vac_iteration_end_to_end(pipeline):
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     validation = json.loads((it / "train_policy/state.json").read_text())["validation"]
     assert validation["selected_by"] == "validation_macro" and len(validation["scores"]) == 2
+
+
+def test_one_offline_rl_iteration_end_to_end(pipeline):
+    """The offline-RL baseline beside VAC, same N and steps: N sampled answers per train
+    question, the judge's best is the SFT target; its rows join the report with a paired test."""
+    repo = pipeline["repo"]
+    it = repo / "outputs/offline_rl/iter_1"
+    samples = read_jsonl(it / "rollout/samples.jsonl")
+    assert len(samples) == 3 * 2 and {s["j"] for s in samples} == {0, 1}
+    sel = read_jsonl(it / "judge/selection.jsonl")
+    assert len(sel) == 3 and all(s["best_score"] >= s["worst_score"] for s in sel)
+    by_key = {(s["key"], s["j"]): s["answer"] for s in samples}
+    assert all(s["best"] == by_key[(s["key"], s["best_j"])] for s in sel)
+    from personal_nlf.data import load_prepared
+
+    recs = {r.id: r for d in ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
+            for r in load_prepared(repo / "outputs/prepared", d, "train")}
+    for row in read_jsonl(it / "train_policy/policy_data.jsonl"):
+        r = recs[row["key"].split("/")[-1]]
+        blob = json.dumps(row["prompt"])
+        assert r.narrative not in blob
+        assert not any(a.aspect in blob or a.evidence in blob for a in r.rubric_aspects)
+    state = json.loads((it / "train_policy/state.json").read_text())
+    assert (repo / state["adapter"] / "adapter_model.safetensors").exists()
+    m = json.loads((repo / "metrics/offline_rl/iter_1.json").read_text())
+    assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
+    report = json.loads((repo / "metrics/report.json").read_text())
+    assert any(t["a"] == "offline_rl@1" and t["b"] == report["best_baseline"] for t in report["paired_tests"])
+
+
+def test_generation_benchmark_runs(pipeline, tmp_path):
+    """benchmarks/bench_generation.py on the tiny slice (smallest settings): it must keep
+    working, and its table must hold every measurement, measured (not placeholders)."""
+    out = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "benchmarks/bench_generation.py", "--n-prompts", "3", "--repeats", "1",
+                        "--seq-repeats", "1", "--batch-sizes", "1", "--max-new-tokens", "8", "--judge-records", "1",
+                        "--out", str(out)], cwd=pipeline["repo"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    text = out.read_text()
+    for heading in ("## 1. hf backend", "## 2. Stage overhead", "## 3. Judge"):
+        assert heading in text
+    assert "| 1 |" in text and "| 3 (= n) |" in text and "Stage-path overhead vs bare:" in text
+    assert "parse-failure rate" in text and "Spearman rho" in text

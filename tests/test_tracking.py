@@ -330,3 +330,20 @@ def test_mlflow_stores_no_secret_and_no_raw_profile_text(tiny_run):
     # Positive control: the same needles are found in the raw data the profiles came from.
     raw = b"".join(p.read_bytes() for p in (repo / "data/sample").rglob("*.json*"))
     assert sum(n in raw for n in needles) >= len(texts)
+
+
+def test_every_stage_writes_a_plain_log(tmp_path):
+    """A stage run appends a plain log (start, what it did, duration) to logs/<stage>.log, even
+    with --quiet; a failing run adds its one-line error there too."""
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    set_params(tmp_path, **{"tracking.enabled": False, "data.source": str(REPO / "data/sample"),
+                            "data.max_records_per_split": 1})
+    run([sys.executable, str(REPO / "stages/prepare.py"), "--out", "prepared", "--quiet"], cwd=tmp_path)
+    text = (tmp_path / "logs/prepare.log").read_text()
+    assert "start:" in text and "prepared 9 records" in text and "done in" in text
+    set_params(tmp_path, **{"data.source": str(tmp_path / "missing")})
+    r = subprocess.run([sys.executable, str(REPO / "stages/prepare.py"), "--out", "prepared", "--quiet"],
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("error:") == 1 and "Traceback" not in r.stderr
+    text = (tmp_path / "logs/prepare.log").read_text()
+    assert text.count("start:") == 2 and "failed after" in text and "missing" in text.splitlines()[-1]

@@ -139,6 +139,14 @@ class NlfConfig(Section):
     max_train_records_per_domain: int | None = Field(default=None, ge=1)
 
 
+class OfflineRLConfig(Section):
+    """The offline-RL baseline (EM with a scalar reward). Its N, iterations, train records and
+    trainer settings are VAC's (nlf, train), so the two loops get the same budget."""
+
+    # N answers sampled per train question: greedy decoding would give N copies of one answer.
+    temperature: float = Field(default=1.0, gt=0)
+
+
 class JudgeConfig(Section):
     # generate: the reference protocol (JSON match_score, retried at rising temperature).
     # logprob: expected score from P("0"), P("1"), P("2") after the same prompt; never fails.
@@ -168,6 +176,7 @@ class Params(Section):
     baselines: BaselinesConfig = BaselinesConfig()
     train: TrainConfig = TrainConfig()
     nlf: NlfConfig = NlfConfig()
+    offline_rl: OfflineRLConfig = OfflineRLConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

@@ -43,4 +43,7 @@ def generate_journaled(
                 tokens += sum(x.completion_tokens for x in g)
             bar.update(len(chunk))
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - t0):.1f}")
+    elapsed = time.perf_counter() - t0
+    log.info("%s: %d records (%d resumed from the journal), %d tokens in %.1f s (%.1f tok/s)", desc, len(items),
+             len(items) - n_todo, tokens, elapsed, tokens / max(1e-9, elapsed))
     return {k: journal.done[k] for k, _ in items}

@@ -8,7 +8,9 @@ import logging
 import os
 import random
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from .config import ConfigError, Params, load_params
 from .data import DataError
@@ -24,17 +26,24 @@ class StageError(RuntimeError):
     """A stage cannot continue for a reason the message explains (endpoint down, disk full...)."""
 
 
-def setup_logging(quiet: bool = False, logfile: str | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+def setup_logging(quiet: bool = False, logfile: str | None = None) -> logging.Handler | None:
+    """stderr gets INFO (WARNING with --quiet) and progress bars; the log file always gets INFO."""
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    handlers: list[logging.Handler] = [console]
+    file_handler = None
     if logfile:
         os.makedirs(os.path.dirname(logfile) or ".", exist_ok=True)
-        handlers.append(logging.FileHandler(logfile, encoding="utf-8"))
-    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, handlers=handlers, force=True,
+        # Appended, one block per run: the plain record of what a stage did (no progress bars).
+        file_handler = logging.FileHandler(logfile, mode="a", encoding="utf-8")
+        handlers.append(file_handler)
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("httpx", "urllib3", "filelock", "sentence_transformers", "transformers", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if quiet:
         os.environ.setdefault("TQDM_DISABLE", "1")
+    return file_handler
 
 
 def seed_everything(seed: int) -> None:
@@ -54,7 +63,16 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars (CI)")
+    p.add_argument("--log-file", default=None,
+                   help="plain log of this stage, appended (default: $PERSONAL_NLF_LOG_DIR or logs/, "
+                        "named after the stage, e.g. logs/iteration_train_policy_1.log)")
     return p
+
+
+def default_log_file(args) -> str:
+    parts = [Path(sys.argv[0]).stem]
+    parts += [str(v) for v in (getattr(args, k, None) for k in ("method", "loop", "step", "t")) if v]
+    return str(Path(os.environ.get("PERSONAL_NLF_LOG_DIR", "logs")) / ("_".join(parts) + ".log"))
 
 
 def is_quiet(args) -> bool:
@@ -65,12 +83,19 @@ def run(main: Callable[[argparse.Namespace, Params], None], p: argparse.Argument
     """Parse args, load and validate params, seed, run `main`; known errors -> one line, exit 2."""
     args = p.parse_args()
     quiet = is_quiet(args)
-    setup_logging(quiet)
+    logfile = args.log_file or default_log_file(args)
+    file_handler = setup_logging(quiet, logfile)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1" if quiet else "0")
+    log.info("start: %s", " ".join(sys.argv))
+    t0 = time.time()
     try:
         params = load_params(args.params)
         seed_everything(params.seed)
         main(args, params)
     except USER_ERRORS + (StageError,) as e:
+        if file_handler:  # the one-line error goes to the log too, not twice to the terminal
+            file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                               "failed after %.1f s: %s", (time.time() - t0, e), None))
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    log.info("done in %.1f s", time.time() - t0)

@@ -97,6 +97,8 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     if not final.exists():
         trainer.save_model(str(final))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    log.info("%s on %d examples: %d steps, loss per step %s (mean %.4f)", objective, len(rows),
+             trainer.state.global_step, [round(x, 4) for x in losses], result.training_loss)
     return {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "loss_curve": losses}

@@ -1,9 +1,10 @@
 """Training modes behind one small interface.
 
-A mode is a module with `STEPS: dict[str, Callable[[IterationContext], dict]]`, one function per
+A loop is a module with `STEPS: dict[str, Callable[[IterationContext], dict]]`, one function per
 per-iteration DVC stage (see dvc.yaml), plus `init(ctx)` for iteration 0. The stage script
-`stages/iteration.py` picks the mode from params (`mode`) and calls the step. Adding a mode means
-adding one module here and its name to `config.Params.mode`.
+`stages/iteration.py` runs the loop of the configured `mode` (`nlf`: VAC), or `--loop offline_rl`,
+the scalar-reward baseline that runs beside it; `loop.py` holds what the loops share. Adding a
+mode means adding one module here and its name to `config.Params.mode`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..config import Params, RoleConfig, TrainConfig
 log = logging.getLogger("personal_nlf")
 
 STEP_NAMES = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
+LOOPS = ("nlf", "offline_rl")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class IterationContext:
     index: Path
     models_dir: Path
     metrics: Path | None = None  # evaluate only
+    loop: str = "nlf"  # which loop's iteration this is (outputs/<loop>)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def dir(self, step: str, t: str | None = None) -> Path:

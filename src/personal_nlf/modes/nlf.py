@@ -18,66 +18,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
-from typing import Any
 
 from .. import evaluate, prompts, training
-from ..generation import generate_journaled
-from ..io import Journal, read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
-from ..judge import JudgeItem, fingerprint_fields, judge_items, outcome_counts
-from ..llm import sampling_for
+from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..judge import outcome_counts
 from . import IterationContext
+from .loop import (by_key, cleanup, evaluate_policy, fit_policy, judge_candidates, run_role, select_best,
+                   train_records)
 
 log = logging.getLogger("personal_nlf")
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def train_records(ctx: IterationContext) -> list[evaluate.EvalRecord]:
-    recs = evaluate.load_eval_records(ctx.prepared, ctx.index, ctx.params.data.domains, "train")
-    cap = ctx.params.nlf.max_train_records_per_domain
-    if cap is None:
-        return recs
-    kept, seen = [], Counter()
-    for er in recs:
-        if seen[er.domain] < cap:
-            kept.append(er)
-            seen[er.domain] += 1
-    return kept
-
-
-def run_role(ctx: IterationContext, pool: evaluate.BackendPool, role_name: str, adapter: str | None,
-             items: list[tuple[str, list]], step: str, name: str, n: int = 1) -> dict[str, dict]:
-    """Generate (journaled) for one role; key -> {"texts": [...], tokens, latency}."""
-    role = ctx.role(role_name, adapter)
-    backend = pool.get(role)
-    sampling = sampling_for(role, seed=ctx.params.seed + int(ctx.t), n=n)
-    fp = stable_hash({"role": role.model_dump(), "backend": backend.describe(), "sampling": sampling.to_dict(),
-                      "prompts": [m for _, m in items]})
-    j = Journal(ctx.journal(step, name), fp, log=log.info)
-
-    def to_record(key, gens):
-        return {"texts": [g.text for g in gens], "prompt_tokens": gens[0].prompt_tokens,
-                "completion_tokens": sum(g.completion_tokens for g in gens),
-                "latency_s": round(sum(g.latency_s for g in gens), 4)}
-
-    out = generate_journaled(backend, items, sampling, j, to_record, chunk_size=role.batch_size, desc=f"{step}:{name}")
-    j.close(remove=True)
-    return out
-
-
-def _by_key(rows: list[dict], key: str = "key") -> dict[str, dict]:
-    return {r[key]: r for r in rows}
-
-
-def select_best(initial: float, revision_scores: list[float]) -> dict[str, Any]:
-    """The feedback whose revision scores highest. Ties go to the lowest index (the first
-    sampled), so selection is deterministic; all-equal picks feedback 0. Failed judge outputs
-    arrive already scored 0 and counted by the judge."""
-    best = max(range(len(revision_scores)), key=lambda j: (revision_scores[j], -j))
-    return {"best_j": best, "best_score": revision_scores[best], "initial_score": initial,
-            "improved": revision_scores[best] > initial, "all_equal": len(set(revision_scores)) == 1}
 
 
 # ---------------------------------------------------------------- steps
@@ -107,7 +56,7 @@ def rollout(ctx: IterationContext) -> dict:
 
 def signal(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    answers = _by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
+    answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
     n = ctx.params.nlf.n_feedback
     items = [(er.key, prompts.feedback(er.record.question, er.own, er.record.narrative, answers[er.key]["answer"]))
              for er in recs]
@@ -136,7 +85,7 @@ def _revise(ctx, pool, recs, answers, feedback_rows, step, adapter) -> list[dict
 
 def refine(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    answers = _by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
+    answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
     fb = read_jsonl(ctx.dir("signal") / "feedback.jsonl")
     pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
     rows = _revise(ctx, pool, recs, answers, fb, "refine", ctx.adapter("policy"))
@@ -147,33 +96,12 @@ def refine(ctx: IterationContext) -> dict:
 
 def judge(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    answers = _by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
+    answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
     revisions = read_jsonl(ctx.dir("refine") / "revisions.jsonl")
     candidates = [(er, "initial", answers[er.key]["answer"]) for er in recs]
     by_rec = {er.key: er for er in recs}
     candidates += [(by_rec[r["key"]], f"rev{r['j']}", r["answer"]) for r in revisions]
-    items, meta = [], {}
-    for er, cand, text in candidates:
-        for a_idx, a in enumerate(er.record.rubric_aspects):
-            key = f"{er.key}|{cand}#{a_idx}"
-            items.append(JudgeItem(key, er.record.question, er.record.narrative, a.aspect, a.reason, a.evidence, text))
-            meta[key] = {"key": er.key, "domain": er.domain, "id": er.record.id, "candidate": cand, "aspect_index": a_idx}
-    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
-    role = ctx.params.models.judge
-    backend = pool.get(role)
-    fp = stable_hash({**fingerprint_fields(ctx.params.judge, role, backend), "items": [it.messages() for it in items]})
-    j = Journal(ctx.journal("judge", "scores"), fp, log=log.info)
-    scored = judge_items(items, backend, ctx.params.judge, role, j, seed=ctx.params.seed,
-                         chunk_size=max(16, role.batch_size))
-    pool.close()
-    rows = [{**meta[it.key], **scored[it.key]} for it in items]
-    write_jsonl_atomic(ctx.dir("judge") / "judge_scores.jsonl", rows)
-    j.close(remove=True)
-    # Per candidate: sum / (2 x #aspects), as for evaluation.
-    sums: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        sums.setdefault((r["key"], r["candidate"]), []).append(r["score"])
-    cand_score = {k: sum(v) / (2 * len(v)) for k, v in sums.items()}
+    rows, cand_score = judge_candidates(ctx, candidates, ctx.dir("judge"))
     n = ctx.params.nlf.n_feedback
     feedback = {(r["key"], r["j"]): r["feedback"] for r in read_jsonl(ctx.dir("signal") / "feedback.jsonl")}
     selection = []
@@ -200,7 +128,7 @@ def train_feedback(ctx: IterationContext) -> dict:
         write_json_atomic(out / "state.json", {"adapter": ctx.adapter("feedback"), "iteration": ctx.t, "frozen": True})
         return {"frozen": 1}
     recs = {er.key: er for er in train_records(ctx)}
-    answers = _by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
+    answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
     rows = []
     for s in read_jsonl(ctx.dir("judge") / "selection.jsonl"):
         er = recs[s["key"]]
@@ -216,13 +144,13 @@ def train_feedback(ctx: IterationContext) -> dict:
     adapter = training.export_adapter(last, out / "adapter")
     write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": last.name})
     write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows)})
-    _cleanup(work)
+    cleanup(work)
     return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"]}
 
 
 def train_policy(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    answers = _by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
+    answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
     out = ctx.dir("train_policy")
     pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
     # Policy data: phi(t) writes one feedback per answer; pi(t-1) revises once.
@@ -231,7 +159,7 @@ def train_policy(ctx: IterationContext) -> dict:
              for er in recs]
     fb = run_role(ctx, pool, "feedback", phi_t, items, "train_policy", "feedback")
     fb_rows = [{"key": er.key, "j": 0, "feedback": fb[er.key]["texts"][0].strip()} for er in recs]
-    revised = _by_key(_revise(ctx, pool, recs, answers, fb_rows, "train_policy", ctx.adapter("policy")))
+    revised = by_key(_revise(ctx, pool, recs, answers, fb_rows, "train_policy", ctx.adapter("policy")))
     pool.close()
     data = []
     for er in recs:
@@ -243,53 +171,16 @@ def train_policy(ctx: IterationContext) -> dict:
         data.append({"key": er.key, "prompt": prompt, "revised": target, "initial": initial,
                      "feedback": revised[er.key]["feedback"]})
     write_jsonl_atomic(out / "policy_data.jsonl", data)
-    cfg = ctx.train_config()
-    if cfg.objective == "sft":
+    objective = ctx.train_config().objective
+    if objective == "sft":
         rows = [training.sft_row(d["prompt"], d["revised"]) for d in data]
     else:
         rows = [training.dpo_row(d["prompt"], d["revised"], d["initial"]) for d in data if d["revised"] != d["initial"]]
-    work = ctx.journal("train_policy", "work")
-    stats = training.train(cfg.objective, rows, ctx.role("policy", None), ctx.models_dir, cfg, work,
-                           seed=ctx.params.seed + int(ctx.t), init_adapter=ctx.adapter("policy"),
-                           report_to=ctx.extra.get("report_to"))
-    best, selection = _select_checkpoint(ctx, work, cfg)
-    adapter = training.export_adapter(best, out / "adapter")
-    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": best.name,
-                                           "validation": selection})
-    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": cfg.objective})
-    _cleanup(work)
-    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"],
-            "best_checkpoint_step": int(best.name.split("-")[1])}
-
-
-def _select_checkpoint(ctx: IterationContext, work, cfg):
-    cps = training.checkpoints(work)
-    if not cfg.select_on_validation or len(cps) == 1:
-        return cps[-1], {"selected_by": "last"}
-    scores = {}
-    for cp in cps:
-        vdir = work / f"validation-{cp.name}"
-        m = evaluate.evaluate_method("rag", ctx.params, ctx.prepared, ctx.index, ctx.models_dir, vdir,
-                                     vdir / "metrics.json", policy=ctx.role("policy", str(cp)), split="validation")
-        scores[cp.name] = m["macro"]
-        log.info("validation %s: macro %.4f", cp.name, m["macro"])
-    # Highest validation macro; ties go to the later checkpoint (more training on the same score).
-    best = max(cps, key=lambda cp: (scores[cp.name], int(cp.name.split("-")[1])))
-    return best, {"selected_by": "validation_macro", "scores": scores}
-
-
-def _cleanup(work) -> None:
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
+    return fit_policy(ctx, objective, rows, out)
 
 
 def evaluate_step(ctx: IterationContext) -> dict:
-    policy = ctx.role("policy", ctx.adapter("policy", ctx.t))
-    m = evaluate.evaluate_method("rag", ctx.params, ctx.prepared, ctx.index, ctx.models_dir, ctx.dir("evaluate"),
-                                 ctx.metrics, policy=policy,
-                                 extra={"mode": "nlf", "iteration": int(ctx.t), "method_label": f"vac_iter_{ctx.t}"})
-    return {"macro": m["macro"], **{f"score.{d}": v["score"] for d, v in m["domains"].items()}}
+    return evaluate_policy(ctx, "vac")
 
 
 STEPS = {"rollout": rollout, "signal": signal, "refine": refine, "judge": judge, "train_feedback": train_feedback,

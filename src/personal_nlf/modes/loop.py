@@ -1,0 +1,158 @@
+"""Building blocks both training loops share (VAC in `nlf.py`, the offline-RL baseline in
+`offline_rl.py`): the train records, a journaled generation for one role, judging candidate
+answers on the rubric, picking the best candidate, training the policy with validation checkpoint
+selection, and the test-split evaluation."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from .. import evaluate, training
+from ..generation import generate_journaled
+from ..io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
+from ..judge import JudgeItem, fingerprint_fields, judge_items
+from ..llm import sampling_for
+from . import IterationContext
+
+log = logging.getLogger("personal_nlf")
+
+
+def train_records(ctx: IterationContext) -> list[evaluate.EvalRecord]:
+    """The train split, capped per domain by nlf.max_train_records_per_domain (both loops use
+    the same records, so their budgets match)."""
+    recs = evaluate.load_eval_records(ctx.prepared, ctx.index, ctx.params.data.domains, "train")
+    cap = ctx.params.nlf.max_train_records_per_domain
+    if cap is None:
+        return recs
+    kept, seen = [], Counter()
+    for er in recs:
+        if seen[er.domain] < cap:
+            kept.append(er)
+            seen[er.domain] += 1
+    return kept
+
+
+def by_key(rows: list[dict], key: str = "key") -> dict[str, dict]:
+    return {r[key]: r for r in rows}
+
+
+def run_role(ctx: IterationContext, pool: evaluate.BackendPool, role_name: str, adapter: str | None,
+             items: list[tuple[str, list]], step: str, name: str, n: int = 1,
+             temperature: float | None = None) -> dict[str, dict]:
+    """Generate (journaled) for one role; key -> {"texts": [...], tokens, latency}."""
+    role = ctx.role(role_name, adapter)
+    if temperature is not None:
+        role = role.model_copy(update={"temperature": temperature})
+    backend = pool.get(role)
+    sampling = sampling_for(role, seed=ctx.params.seed + int(ctx.t), n=n)
+    fp = stable_hash({"role": role.model_dump(), "backend": backend.describe(), "sampling": sampling.to_dict(),
+                      "prompts": [m for _, m in items]})
+    j = Journal(ctx.journal(step, name), fp, log=log.info)
+
+    def to_record(key, gens):
+        return {"texts": [g.text for g in gens], "prompt_tokens": gens[0].prompt_tokens,
+                "completion_tokens": sum(g.completion_tokens for g in gens),
+                "latency_s": round(sum(g.latency_s for g in gens), 4)}
+
+    out = generate_journaled(backend, items, sampling, j, to_record, chunk_size=role.batch_size, desc=f"{step}:{name}")
+    j.close(remove=True)
+    return out
+
+
+def select_best(initial: float | None, scores: list[float]) -> dict[str, Any]:
+    """The candidate that scores highest. Ties go to the lowest index (the first sampled), so
+    selection is deterministic; all-equal picks candidate 0. Failed judge outputs arrive already
+    scored 0 and counted by the judge. `initial` (VAC's unrevised answer) may be None."""
+    best = max(range(len(scores)), key=lambda j: (scores[j], -j))
+    out = {"best_j": best, "best_score": scores[best], "all_equal": len(set(scores)) == 1}
+    if initial is not None:
+        out.update(initial_score=initial, improved=scores[best] > initial)
+    return out
+
+
+def judge_candidates(ctx: IterationContext, candidates: list[tuple[evaluate.EvalRecord, str, str]],
+                     out_dir: Path) -> tuple[list[dict], dict[tuple[str, str], float]]:
+    """Judge (record, candidate name, answer) triples on every rubric aspect (journaled); writes
+    out_dir/judge_scores.jsonl. Returns the per-aspect rows and (record key, candidate) -> score,
+    sum / (2 x #aspects) as for evaluation."""
+    items, meta = [], {}
+    for er, cand, text in candidates:
+        for a_idx, a in enumerate(er.record.rubric_aspects):
+            key = f"{er.key}|{cand}#{a_idx}"
+            items.append(JudgeItem(key, er.record.question, er.record.narrative, a.aspect, a.reason, a.evidence, text))
+            meta[key] = {"key": er.key, "domain": er.domain, "id": er.record.id, "candidate": cand, "aspect_index": a_idx}
+    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
+    role = ctx.params.models.judge
+    backend = pool.get(role)
+    fp = stable_hash({**fingerprint_fields(ctx.params.judge, role, backend), "items": [it.messages() for it in items]})
+    j = Journal(ctx.journal("judge", "scores"), fp, log=log.info)
+    scored = judge_items(items, backend, ctx.params.judge, role, j, seed=ctx.params.seed,
+                         chunk_size=max(16, role.batch_size))
+    pool.close()
+    rows = [{**meta[it.key], **scored[it.key]} for it in items]
+    write_jsonl_atomic(out_dir / "judge_scores.jsonl", rows)
+    j.close(remove=True)
+    sums: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        sums.setdefault((r["key"], r["candidate"]), []).append(r["score"])
+    return rows, {k: sum(v) / (2 * len(v)) for k, v in sums.items()}
+
+
+def fit_policy(ctx: IterationContext, objective: str, rows: list[dict], out: Path) -> dict:
+    """LoRA-train the policy from iteration prev's adapter (TRL), keep the checkpoint with the
+    best validation judge score, export it as iteration t's adapter (out/adapter, out/state.json)."""
+    cfg = ctx.train_config()
+    if not rows:
+        # E.g. DPO when every pair is identical: nothing to learn from. pi(t) = pi(t-1), recorded
+        # in state.json and the stage's metrics rather than failing the whole loop.
+        log.warning("iteration %s: no %s training examples; the policy carries over from iteration %s",
+                    ctx.t, objective, ctx.prev)
+        write_json_atomic(out / "state.json", {"adapter": ctx.adapter("policy"), "iteration": ctx.t,
+                                               "skipped": f"no {objective} training examples"})
+        return {"examples": 0, "skipped": 1}
+    work = ctx.journal("train_policy", "work")
+    stats = training.train(objective, rows, ctx.role("policy", None), ctx.models_dir, cfg, work,
+                           seed=ctx.params.seed + int(ctx.t), init_adapter=ctx.adapter("policy"),
+                           report_to=ctx.extra.get("report_to"))
+    best, selection = select_checkpoint(ctx, work, cfg)
+    adapter = training.export_adapter(best, out / "adapter")
+    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": best.name,
+                                           "validation": selection})
+    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": objective})
+    cleanup(work)
+    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"],
+            "best_checkpoint_step": int(best.name.split("-")[1])}
+
+
+def select_checkpoint(ctx: IterationContext, work: Path, cfg) -> tuple[Path, dict]:
+    cps = training.checkpoints(work)
+    if not cfg.select_on_validation or len(cps) == 1:
+        return cps[-1], {"selected_by": "last"}
+    scores = {}
+    for cp in cps:
+        vdir = work / f"validation-{cp.name}"
+        m = evaluate.evaluate_method("rag", ctx.params, ctx.prepared, ctx.index, ctx.models_dir, vdir,
+                                     vdir / "metrics.json", policy=ctx.role("policy", str(cp)), split="validation")
+        scores[cp.name] = m["macro"]
+        log.info("validation %s: macro %.4f", cp.name, m["macro"])
+    # Highest validation macro; ties go to the later checkpoint (more training on the same score).
+    best = max(cps, key=lambda cp: (scores[cp.name], int(cp.name.split("-")[1])))
+    return best, {"selected_by": "validation_macro", "scores": scores}
+
+
+def cleanup(work: Path) -> None:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def evaluate_policy(ctx: IterationContext, label: str) -> dict:
+    """pi(t) answers alone (RAG prompt) on the evaluation split; judged; metrics to ctx.metrics."""
+    policy = ctx.role("policy", ctx.adapter("policy", ctx.t))
+    m = evaluate.evaluate_method("rag", ctx.params, ctx.prepared, ctx.index, ctx.models_dir, ctx.dir("evaluate"),
+                                 ctx.metrics, policy=policy,
+                                 extra={"mode": ctx.loop, "iteration": int(ctx.t), "method_label": f"{label}_iter_{ctx.t}"})
+    return {"macro": m["macro"], **{f"score.{d}": v["score"] for d, v in m["domains"].items()}}
+
