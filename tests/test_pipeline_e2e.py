@@ -113,7 +113,8 @@ def test_changing_k_reruns_only_what_reads_it(pipeline):
     ran = ran_stages(out)
     # Everything that reads the index reruns (the loop's train questions use retrieval too);
     # base_model, prepare, iter_init and no_pers do not.
-    assert ran == {"index", "baseline_rag", "baseline_rag_random", "baseline_planpers", "report"} | loop_stages("1"), \
+    assert ran == {"index", "train_planner", "baseline_rag", "baseline_rag_random", "baseline_planpers",
+                   "report"} | loop_stages("1"), \
         out.stdout
 
 
@@ -142,6 +143,20 @@ def test_iterations_are_cached_separately(pipeline):
     out = dvc("exp", "run", "-S", "++nlf.iterations.2.learning_rate=0.0001", cwd=repo)
     assert ran_stages(out) == loop_stages("2", vac=("train_feedback", "train_policy", "evaluate"),
                                           offline_rl=("train_policy", "evaluate")) | {"report"}, out.stdout
+
+
+def test_trained_planner_option(pipeline):
+    """planner_sft.enabled: LoRA SFT of the planner on train rubrics; only planpers reruns."""
+    repo = pipeline["repo"]
+    before = json.loads((repo / "metrics/planpers.json").read_text())["provenance"]["models"]["planner"]
+    assert before["adapter"] is None
+    out = dvc("exp", "run", "-S", "planner_sft.enabled=true", cwd=repo)
+    assert ran_stages(out) == {"train_planner", "baseline_planpers", "report"}, out.stdout
+    state = json.loads((repo / "outputs/planner/state.json").read_text())
+    assert state["trained"] and (repo / state["adapter"] / "adapter_model.safetensors").exists()
+    after = json.loads((repo / "metrics/planpers.json").read_text())["provenance"]["models"]["planner"]
+    assert after["adapter"] == state["adapter"] and after["adapter_hash"]
+    assert len(read_jsonl(repo / "outputs/planner/planner_data.jsonl")) == 3 * 2  # 2 train records x 3 domains
 
 
 def test_killed_generation_resumes_each_record_once(pipeline, tmp_path):

@@ -86,3 +86,18 @@ def test_template_hashes_are_stable_and_distinct():
 
 def test_empty_profile_falls_back():
     assert "no past questions" in prompts.rag("Q?", [])[-1]["content"]
+
+
+def test_planner_training_rows_target_the_train_rubric_and_prompt_holds_no_secrets():
+    from personal_nlf import planner
+
+    rec = record(["I play piano.", "Which amp for a small flat?"])
+    er = evaluate.EvalRecord("Art_and_Entertainment", "train", rec, [p.text for p in rec.profile], [])
+    (row,) = planner.training_rows([er])
+    prompt = json.dumps(row["prompt"])
+    for s in SECRETS:
+        assert s not in prompt, s
+    assert json.loads(row["completion"][0]["content"]) == {"aspects": ["SECRET-ASPECT-4410"]}
+    assert "SECRET-NARRATIVE-7731" not in json.dumps(row)  # the narrative is not a target either
+    with pytest.raises(ValueError, match="train split only"):
+        planner.training_rows([evaluate.EvalRecord("Art_and_Entertainment", "test", rec, [], [])])

@@ -139,6 +139,12 @@ class NlfConfig(Section):
     max_train_records_per_domain: int | None = Field(default=None, ge=1)
 
 
+class PlannerSFTConfig(Section):
+    """PlanPers with a trained planner: LoRA SFT on train-split rubric aspects (train settings)."""
+
+    enabled: bool = False
+
+
 class OfflineRLConfig(Section):
     """The offline-RL baseline (EM with a scalar reward). Its N, iterations, train records and
     trainer settings are VAC's (nlf, train), so the two loops get the same budget."""
@@ -177,6 +183,7 @@ class Params(Section):
     train: TrainConfig = TrainConfig()
     nlf: NlfConfig = NlfConfig()
     offline_rl: OfflineRLConfig = OfflineRLConfig()
+    planner_sft: PlannerSFTConfig = PlannerSFTConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

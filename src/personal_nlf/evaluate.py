@@ -110,11 +110,11 @@ def _gen_record(er: EvalRecord, role: RoleConfig, backend: Backend, sampling, te
 
 
 def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPool, out_dir: Path,
-           policy: RoleConfig) -> tuple[dict[str, dict], dict[str, dict]]:
+           policy: RoleConfig, planner: RoleConfig | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
     """Generate (journaled) the method's answers; returns (answers by key, plans by key)."""
     plans: dict[str, dict] = {}
     if method == "planpers":
-        prole = params.models.planner
+        prole = planner or params.models.planner
         pb = pool.get(prole)
         ps = sampling_for(prole, seed=params.seed)
         items = [(er.key, prompts.planner(er.record.question, er.own)) for er in recs]
@@ -180,7 +180,8 @@ def write_predictions(recs: list[EvalRecord], answers: dict[str, dict], out_dir:
 
 
 def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params, pool: BackendPool,
-                   policy: RoleConfig, prepared: str | Path, extra: dict | None = None) -> dict[str, Any]:
+                   policy: RoleConfig, prepared: str | Path, extra: dict | None = None,
+                   planner: RoleConfig | None = None) -> dict[str, Any]:
     qs = metrics.question_scores(judge_rows)
     summary = metrics.summarize(qs, n_boot=params.baselines.bootstrap_samples, seed=params.seed)
     n = len(recs)
@@ -189,7 +190,7 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
     judge_out = outcome_counts(judge_rows)
     roles = {"policy": policy, "judge": params.models.judge}
     if plans:
-        roles["planner"] = params.models.planner
+        roles["planner"] = planner or params.models.planner
     templates = ["judge", "rag" if method == "rag_random" else method] + (["planner"] if plans else [])
     return {
         "method": method,
@@ -213,7 +214,8 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
 
 def evaluate_method(method: str, params: Params, prepared: str | Path, index: str | Path, models_dir,
                     out_dir: str | Path, metrics_path: str | Path, policy: RoleConfig | None = None,
-                    split: str | None = None, extra: dict | None = None) -> dict[str, Any]:
+                    split: str | None = None, extra: dict | None = None,
+                    planner: RoleConfig | None = None) -> dict[str, Any]:
     policy = policy or params.models.policy
     split = split or params.baselines.eval_split
     out_dir = Path(out_dir)
@@ -223,10 +225,11 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
     recs = load_eval_records(prepared, index, params.data.domains, split)
     pool = BackendPool(models_dir, params.seed)
     try:
-        answers, plans = answer(method, recs, params, pool, out_dir, policy)
+        answers, plans = answer(method, recs, params, pool, out_dir, policy, planner)
         judge_rows = judge_answers(recs, answers, params, pool, out_dir)
         write_predictions(recs, answers, out_dir)
-        result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra)
+        result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra,
+                                planner)
     finally:
         pool.close()
     write_json_atomic(metrics_path, result)
