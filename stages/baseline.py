@@ -21,6 +21,7 @@ def main(args, params):
         run.log_metrics({k: m[k] for k in ("macro", "s_per_query", "prompt_tokens_per_query", "judge_failures")})
         run.log_metrics({f"score.{d}": v["score"] for d, v in m["domains"].items()})
         run.log_artifact(args.metrics)
+        run.log_artifact(f"{args.out}/sample_outputs.json")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ def main(args, params):
         run.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
         if ctx.metrics:
             run.log_artifact(ctx.metrics)
+            run.log_artifact(ctx.dir("evaluate") / "sample_outputs.json")
 
 
 if __name__ == "__main__":

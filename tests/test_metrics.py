@@ -50,3 +50,18 @@ def test_expected_score_from_logprobs():
     # renormalized over the three labels
     lp2 = {k: v + math.log(0.1) for k, v in lp.items()}
     assert expected_score(lp2) == pytest.approx(1.3)
+
+
+def test_output_sample_masks_quoted_profile_items_and_interleaves_domains():
+    from personal_nlf.data import Aspect, ProfileItem, Record
+    from personal_nlf.evaluate import EvalRecord, output_sample
+
+    quoted = "Which amp should I buy for a small flat?"
+    recs = [EvalRecord(d, "test", Record(f"u{i}", "Q?", "N", (Aspect("a", "r", "e"),), (ProfileItem("p", quoted),)),
+                       [quoted], []) for i, d in enumerate(["A", "A", "B"])]
+    answers = {er.key: {"answer": f"As you asked: {quoted} Get a small one.", "parse_outcome": "json"} for er in recs}
+    rows = [{"domain": er.domain, "id": er.record.id, "aspect_index": 0, "score": 1.0} for er in recs]
+    sample = output_sample(recs, answers, rows, n=2)
+    assert [(s["domain"], s["id"]) for s in sample] == [("A", "u0"), ("B", "u2")]
+    assert all(quoted not in s["answer"] and "[profile item]" in s["answer"] for s in sample)
+    assert sample[0]["question_score"] == 0.5

@@ -285,7 +285,7 @@ def test_one_nested_mlflow_run_per_executed_stage(tiny_run):
     stored = json.loads((repo / "metrics/rag.json").read_text())
     assert rag.data.metrics["macro"] == stored["macro"]
     assert rag.data.params["models.policy.api_key_env"] == "OPENAI_API_KEY"  # the name, never the value
-    assert [a.path for a in client.list_artifacts(rag.info.run_id)] == ["rag.json"]
+    assert [a.path for a in client.list_artifacts(rag.info.run_id)] == ["rag.json", "sample_outputs.json"]
 
 
 def _store_blobs(repo: Path) -> dict[str, bytes]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +180,26 @@ def write_predictions(recs: list[EvalRecord], answers: dict[str, dict], out_dir:
         write_json_atomic(out_dir / "predictions" / f"{domain}.json", preds)
 
 
+def output_sample(recs: list[EvalRecord], answers: dict[str, dict], judge_rows: list[dict], n: int = 6) -> list[dict]:
+    """A few answers with their question scores, one domain after another, for a quick look in
+    MLflow. Any profile item that an answer quotes verbatim is masked: raw profile text is never
+    logged (the full outputs stay in the stage's own files)."""
+    qs = metrics.question_scores(judge_rows)
+    profile = sorted({p.text for er in recs for p in er.record.profile if len(p.text) >= 12}, key=len, reverse=True)
+    by_domain: dict[str, list[EvalRecord]] = {}
+    for er in recs:
+        by_domain.setdefault(er.domain, []).append(er)
+    order = [er for group in zip_longest(*by_domain.values()) for er in group if er is not None]
+    sample = []
+    for er in order[:n]:
+        text = answers[er.key]["answer"]
+        for t in profile:
+            text = text.replace(t, "[profile item]")
+        sample.append({"domain": er.domain, "id": er.record.id, "question_score": round(qs[(er.domain, er.record.id)], 4),
+                       "answer": text, "parse_outcome": answers[er.key]["parse_outcome"]})
+    return sample
+
+
 def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params, pool: BackendPool,
                    policy: RoleConfig, prepared: str | Path, extra: dict | None = None,
                    planner: RoleConfig | None = None) -> dict[str, Any]:
@@ -228,6 +249,7 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
         answers, plans = answer(method, recs, params, pool, out_dir, policy, planner)
         judge_rows = judge_answers(recs, answers, params, pool, out_dir)
         write_predictions(recs, answers, out_dir)
+        write_json_atomic(out_dir / "sample_outputs.json", output_sample(recs, answers, judge_rows))
         result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra,
                                 planner)
     finally:
