@@ -1,6 +1,5 @@
 """Stage report: the results table (metrics/report.md + .json), paired tests, plot data."""
 
-from pathlib import Path
 
 from personal_nlf import report, stage, tracking
 from personal_nlf.io import write_json_atomic, write_text_atomic
@@ -17,11 +16,12 @@ def main(args, params):
         name, rest = item.split("=", 1)
         mdir, odir, plot = rest.split(":", 2)
         plots[name] = plot
-        its = sorted(Path(mdir).glob("iter_*.json"), key=lambda p: int(p.stem.split("_")[1]))
-        for i, m in enumerate(its):
-            t = m.stem.split("_")[1]
+        # The iterations params declare (not whatever files lie around: a removed iteration's
+        # old metrics must not reappear in the report).
+        its = sorted(params.nlf.iterations, key=lambda t: (len(t), t))
+        for i, t in enumerate(its):
             row = f"{name}@{t}"
-            spec[row] = (str(m), f"{odir}/iter_{t}/evaluate/judge_scores.jsonl")
+            spec[row] = (f"{mdir}/iter_{t}.json", f"{odir}/iter_{t}/evaluate/judge_scores.jsonl")
             loop_rows[row] = (name, int(t))
             if i == len(its) - 1:  # the paper's VAC / Offline RL rows are final iterations
                 ref_keys[row] = {"nlf": "vac"}.get(name, name)

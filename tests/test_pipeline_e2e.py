@@ -90,6 +90,9 @@ def test_outputs_are_complete_and_consistent(pipeline):
     report = (repo / "metrics/report.md").read_text()
     for m in METHODS:
         assert f"| {m} |" in report
+    # Rows for the iterations params declare: the committed metrics/nlf/iter_2.json of the full
+    # default run lies in this copy too, but the tiny slice has one iteration.
+    assert "| nlf@1 |" in report and "| offline_rl@1 |" in report and "@2 |" not in report
 
 
 def test_second_repro_reruns_nothing(pipeline):

@@ -7,6 +7,7 @@ import argparse
 import logging
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -71,8 +72,9 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 def default_log_file(args) -> str:
     parts = [Path(sys.argv[0]).stem]
-    parts += [str(v) for v in (getattr(args, k, None) for k in ("method", "loop", "step", "t")) if v]
-    return str(Path(os.environ.get("PERSONAL_NLF_LOG_DIR", "logs")) / ("_".join(parts) + ".log"))
+    parts += [v for v in (getattr(args, k, None) for k in ("method", "loop", "step", "t")) if isinstance(v, str) and v]
+    name = re.sub(r"[^\w@.-]", "_", "_".join(parts))
+    return str(Path(os.environ.get("PERSONAL_NLF_LOG_DIR", "logs")) / f"{name}.log")
 
 
 def is_quiet(args) -> bool:
