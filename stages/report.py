@@ -1,5 +1,6 @@
 """Stage report: the results table (metrics/report.md + .json), paired tests, plot data."""
 
+import json
 
 from personal_nlf import report, stage, tracking
 from personal_nlf.io import write_json_atomic, write_text_atomic
@@ -30,7 +31,12 @@ def main(args, params):
         note = (f"Embedded default unless params say otherwise: policy `{params.models.policy.model}`, judge "
                 f"`{params.models.judge.model}` ({params.judge.method} method), data `{params.data.source}`, "
                 f"split `{params.baselines.eval_split}`.")
-        write_text_atomic(args.markdown, report.to_markdown(rep, note))
+        md = report.to_markdown(rep, note)
+        if args.transfer:
+            transfer = json.loads(open(args.transfer).read())
+            rep["transfer"] = transfer.get("generators", {})
+            md += report.transfer_markdown(transfer)
+        write_text_atomic(args.markdown, md)
         write_json_atomic(args.json, rep)
         write_json_atomic(args.plot, report.domain_plot_rows(rep))
         for name, plot in plots.items():
@@ -50,5 +56,6 @@ if __name__ == "__main__":
     p.add_argument("--loop", action="append", default=[],
                    help="NAME=METRICS_DIR:OUTPUTS_DIR:PLOT_JSON (repeatable): one row per iteration of a training "
                         "loop, and its score per iteration for the DVC line plot")
+    p.add_argument("--transfer", default=None, help="metrics/transfer.json (summary mode's transfer table)")
     p.add_argument("--plot", required=True, help="per-domain scores for the DVC bar plot")
     stage.run(main, p)

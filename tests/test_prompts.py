@@ -51,7 +51,7 @@ def test_eval_prompts_never_contain_narrative_or_rubric(method):
     rec = record(["I play piano.", "Which amp for a small flat?"] + INJECTION)
     er = evaluate.EvalRecord("Art_and_Entertainment", "test", rec, [p.text for p in rec.profile],
                              ["Someone else's question"])
-    msgs = [evaluate.policy_prompt(method, er, plan=["cover budget"])]
+    msgs = [evaluate.policy_prompt(method, er, plan=["cover budget"], summary="The user plays piano.")]
     if method == "planpers":
         msgs.append(prompts.planner(rec.question, er.own))
     text = json.dumps(msgs)
@@ -61,7 +61,8 @@ def test_eval_prompts_never_contain_narrative_or_rubric(method):
 
 def test_other_eval_roles_never_contain_narrative_or_rubric():
     texts = ["I play piano."] + INJECTION
-    for msgs in (prompts.summarizer(texts), prompts.summary_answer("Q?", "The user likes short answers."),
+    for msgs in (prompts.summarizer(texts), prompts.summarizer(texts, "Q?"),
+                 prompts.summary_answer("Q?", "The user likes short answers."),
                  prompts.refine("Q?", texts, "draft", "be shorter")):
         blob = json.dumps(msgs)
         assert not any(s in blob for s in SECRETS)

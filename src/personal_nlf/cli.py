@@ -1,4 +1,5 @@
-"""`personal-nlf` command line: data validation and rescoring of kept judge outputs."""
+"""`personal-nlf` command line: data validation, rescoring of kept judge outputs, exporting learned
+summaries and answering questions with them through any OpenAI-compatible API."""
 
 from __future__ import annotations
 
@@ -163,6 +164,43 @@ def cmd_rescore(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from . import export
+    from .config import load_params
+
+    params = load_params(args.params)
+    iteration = args.iteration or params.summary.export_iteration
+    try:
+        stats = export.export_iteration(params, args.root, args.prepared, iteration, args.out)
+    except export.ExportError as e:
+        raise CliError(str(e)) from None
+    print(f"{args.out}/summaries.jsonl: {stats['users']} users (mean {stats['mean_summary_tokens']} tokens), "
+          f"iteration {iteration}; {args.out}/summaries.openai.jsonl: the same as OpenAI system messages")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    import logging
+
+    from . import apply, export
+    from .config import RoleConfig, load_params
+    from .stage import setup_logging
+
+    setup_logging(quiet=False)
+    logging.getLogger("personal_nlf").setLevel(logging.INFO)
+    role = RoleConfig(backend="openai", base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                      timeout_s=args.timeout_s, max_retries=args.max_retries, max_new_tokens=args.max_new_tokens,
+                      temperature=args.temperature, batch_size=args.concurrency)
+    judge_params = load_params(args.params) if args.judge else None
+    try:
+        result = apply.run(args.summaries, args.questions, role, args.out, domain=args.domain,
+                           judge_params=judge_params, models_dir=args.models_dir)
+    except (apply.ApplyError, export.ExportError, data.DataError) as e:
+        raise CliError(str(e)) from None
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personal-nlf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -182,6 +220,37 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=int, default=None, metavar="S",
                    help="bootstrap seed (default: the metrics file's provenance.seed, else 42)")
     r.set_defaults(func=cmd_rescore)
+    e = sub.add_parser("export", help="write a summary-mode iteration's per-user summaries to exports/",
+                       description="Write exports/summaries.jsonl (one line per user: summary, summarizer model "
+                                   "and adapter, iteration, profile hash, time; never profile text) and "
+                                   "exports/summaries.openai.jsonl (a system message per user).")
+    e.add_argument("--params", default="params.yaml")
+    e.add_argument("--iteration", default=None, help="default: params summary.export_iteration")
+    e.add_argument("--root", default="outputs/summary", help="the summary mode's outputs folder")
+    e.add_argument("--prepared", default="outputs/prepared")
+    e.add_argument("--out", default="exports")
+    e.set_defaults(func=cmd_export)
+    a = sub.add_parser("apply", help="answer questions through an OpenAI-compatible API with exported summaries",
+                       description="Answer each question of a LaMP-QA-format file through an OpenAI-compatible "
+                                   "chat API, the user's exported summary as the system message. Answers are kept "
+                                   "as they arrive: rerun after an interruption to answer only the rest.")
+    a.add_argument("--summaries", required=True, help="exports/summaries.jsonl")
+    a.add_argument("--questions", required=True, help="LaMP-QA-format file (.json/.jsonl/.parquet)")
+    a.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000/v1")
+    a.add_argument("--model", required=True)
+    a.add_argument("--out", default="apply_answers.jsonl")
+    a.add_argument("--domain", default=None, help="domain of the questions (default: the file's folder name)")
+    a.add_argument("--api-key-env", default="OPENAI_API_KEY", help="name of the variable holding the key")
+    a.add_argument("--timeout-s", type=float, default=60.0)
+    a.add_argument("--max-retries", type=int, default=5)
+    a.add_argument("--max-new-tokens", type=int, default=256)
+    a.add_argument("--temperature", type=float, default=0.0)
+    a.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    a.add_argument("--judge", action="store_true",
+                   help="judge the answers on the questions' rubrics with the params' judge role")
+    a.add_argument("--params", default="params.yaml", help="judge settings (with --judge)")
+    a.add_argument("--models-dir", default="models/embedded", help="where embedded judge models live")
+    a.set_defaults(func=cmd_apply)
     return p
 
 

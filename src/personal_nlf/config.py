@@ -96,6 +96,10 @@ class ModelsConfig(Section):
     planner: RoleConfig = RoleConfig()
     feedback: RoleConfig = RoleConfig(temperature=1.0, max_new_tokens=64)
     judge: RoleConfig = RoleConfig(max_new_tokens=32)
+    # Summary mode: the summarizer writes a user's preference summary from the profile alone;
+    # the generator answers from the question and that summary (no raw profile).
+    summarizer: RoleConfig = RoleConfig(max_new_tokens=96)
+    generator: RoleConfig = RoleConfig()
 
 
 class TrainConfig(Section):
@@ -153,6 +157,51 @@ class OfflineRLConfig(Section):
     temperature: float = Field(default=1.0, gt=0)
 
 
+class SummaryConfig(Section):
+    """Mode `summary` (POPI-style): a summarizer trained with GRPO writes a per-user preference
+    summary; a generator answers from it. Iterations, train records and LoRA/trainer settings
+    are shared with the other loops (nlf.iterations, nlf.max_train_records_per_domain, train)."""
+
+    # What the summarizer reads: `profile` = the whole profile, prompt-independent (POPI: one
+    # summary per user, reusable for any later question); `question` = the profile and the
+    # question; `retrieved` = the question and its top-k retrieved profile items.
+    condition: Literal["profile", "question", "retrieved"] = "profile"
+    # Profiles are cut to this many tokens of the summarizer's tokenizer before prompting (the
+    # project truncates; TRL no longer does). Items are kept whole, most recent first.
+    max_profile_tokens: int = Field(default=512, ge=32)
+    # Summary length budget; every token above it costs `length_cost / budget` of reward.
+    budget_tokens: int = Field(default=64, ge=1)
+    length_cost: float = Field(default=0.5, ge=0)
+    # GRPO: G summaries sampled per train record, KL coefficient to the untrained summarizer
+    # (TRL's default is 0: no KL), sampling temperature of the G summaries.
+    num_generations: int = Field(default=4, ge=2)
+    kl_beta: float = Field(default=0.04, ge=0)
+    temperature: float = Field(default=1.0, gt=0)
+    # judge: reward = judge score of the generator's answer given the summary (judge call per
+    # sample). preference: POPI's log sigmoid(beta * margin), margin = generator log-likelihood
+    # of the preferred minus the dispreferred answer given the summary (no judge call).
+    reward: Literal["judge", "preference"] = "judge"
+    preference_beta: float = Field(default=0.1, gt=0)
+    # N answers per train record sampled by the generator given the summary; the judge ranks
+    # them: best > worst is a preference pair (preference reward, generator DPO).
+    n_answers: int = Field(default=4, ge=2)
+    answer_temperature: float = Field(default=1.0, gt=0)
+    # LoRA DPO of the generator on its own judge-ranked answers given the summary (POPI trains
+    # both sides). false: the generator stays the untrained policy.
+    train_generator: bool = True
+    # Which iteration's summaries `export` writes (a key of nlf.iterations).
+    export_iteration: str = "2"
+
+
+class TransferConfig(Section):
+    """Exported summaries on generators never trained with them: each answers the evaluation
+    split with the summary, without personalization, and with RAG (k = retrieval.k)."""
+
+    generators: dict[str, RoleConfig] = Field(default_factory=lambda: {
+        "base_policy": RoleConfig(),
+        "gemma3_270m": RoleConfig(model="embedded:gemma3-270m", prompt_format="plain", max_new_tokens=64)})
+
+
 class JudgeConfig(Section):
     # generate: the reference protocol (JSON match_score, retried at rising temperature).
     # logprob: expected score from P("0"), P("1"), P("2") after the same prompt; never fails.
@@ -173,7 +222,7 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 42
-    mode: Literal["nlf"] = "nlf"
+    mode: Literal["nlf", "summary"] = "nlf"
     data: DataConfig = DataConfig()
     base_model: BaseModelsConfig = BaseModelsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -184,6 +233,8 @@ class Params(Section):
     nlf: NlfConfig = NlfConfig()
     offline_rl: OfflineRLConfig = OfflineRLConfig()
     planner_sft: PlannerSFTConfig = PlannerSFTConfig()
+    summary: SummaryConfig = SummaryConfig()
+    transfer: TransferConfig = TransferConfig()
     tracking: TrackingConfig = TrackingConfig()
 
 

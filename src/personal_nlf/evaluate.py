@@ -23,7 +23,10 @@ from .llm import Backend, load_backend, sampling_for
 
 log = logging.getLogger("personal_nlf")
 
-METHODS = ("no_pers", "rag", "rag_random", "planpers")
+METHODS = ("no_pers", "rag", "rag_random", "planpers", "summary")
+# The prompt template each method answers with.
+TEMPLATE_OF = {"no_pers": "no_pers", "rag": "rag", "rag_random": "rag", "planpers": "planpers",
+               "summary": "summary_answer"}
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,9 @@ def load_eval_records(prepared: str | Path, index: str | Path | None, domains: l
     return out
 
 
-def policy_prompt(method: str, er: EvalRecord, plan: list[str] | None = None):
-    """The evaluation-time prompt: built from the question and profile texts only."""
+def policy_prompt(method: str, er: EvalRecord, plan: list[str] | None = None, summary: str | None = None):
+    """The evaluation-time prompt: built from the question and profile texts (or, for
+    `summary`, the user's learned summary) only."""
     q = er.record.question
     if method == "no_pers":
         return prompts.no_pers(q)
@@ -94,6 +98,10 @@ def policy_prompt(method: str, er: EvalRecord, plan: list[str] | None = None):
         return prompts.rag(q, er.other)
     if method == "planpers":
         return prompts.planpers(q, er.own, plan or [])
+    if method == "summary":
+        if summary is None:
+            raise ValueError(f"{er.key}: no summary for this user (method summary needs one per record)")
+        return prompts.summary_answer(q, summary)
     raise ValueError(f"unknown method {method!r}; known: {METHODS}")
 
 
@@ -111,7 +119,8 @@ def _gen_record(er: EvalRecord, role: RoleConfig, backend: Backend, sampling, te
 
 
 def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPool, out_dir: Path,
-           policy: RoleConfig, planner: RoleConfig | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
+           policy: RoleConfig, planner: RoleConfig | None = None,
+           summaries: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
     """Generate (journaled) the method's answers; returns (answers by key, plans by key)."""
     plans: dict[str, dict] = {}
     if method == "planpers":
@@ -136,8 +145,9 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
 
     backend = pool.get(policy)
     sampling = sampling_for(policy, seed=params.seed)
-    template = "rag" if method == "rag_random" else method
-    items = [(er.key, policy_prompt(method, er, plans.get(er.key, {}).get("plan"))) for er in recs]
+    template = TEMPLATE_OF[method]
+    items = [(er.key, policy_prompt(method, er, plans.get(er.key, {}).get("plan"), (summaries or {}).get(er.key)))
+             for er in recs]
     fp = stable_hash({"method": method, "role": policy.model_dump(), "backend": backend.describe(),
                       "sampling": sampling.to_dict(), "prompts": [m for _, m in items]})
     j = Journal(out_dir / "generations.jsonl.partial", fp, log=log.info)
@@ -212,7 +222,7 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
     roles = {"policy": policy, "judge": params.models.judge}
     if plans:
         roles["planner"] = planner or params.models.planner
-    templates = ["judge", "rag" if method == "rag_random" else method] + (["planner"] if plans else [])
+    templates = ["judge", TEMPLATE_OF[method]] + (["planner"] if plans else [])
     return {
         "method": method,
         **summary,
@@ -236,17 +246,18 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
 def evaluate_method(method: str, params: Params, prepared: str | Path, index: str | Path, models_dir,
                     out_dir: str | Path, metrics_path: str | Path, policy: RoleConfig | None = None,
                     split: str | None = None, extra: dict | None = None,
-                    planner: RoleConfig | None = None) -> dict[str, Any]:
+                    planner: RoleConfig | None = None, summaries: dict[str, str] | None = None,
+                    records: list[EvalRecord] | None = None) -> dict[str, Any]:
     policy = policy or params.models.policy
     split = split or params.baselines.eval_split
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if method != "no_pers" and index is None:
+    if method not in ("no_pers", "summary") and index is None:
         raise ValueError(f"method {method} needs the retrieval index (--index)")
-    recs = load_eval_records(prepared, index, params.data.domains, split)
+    recs = records if records is not None else load_eval_records(prepared, index, params.data.domains, split)
     pool = BackendPool(models_dir, params.seed)
     try:
-        answers, plans = answer(method, recs, params, pool, out_dir, policy, planner)
+        answers, plans = answer(method, recs, params, pool, out_dir, policy, planner, summaries)
         judge_rows = judge_answers(recs, answers, params, pool, out_dir)
         write_predictions(recs, answers, out_dir)
         write_json_atomic(out_dir / "sample_outputs.json", output_sample(recs, answers, judge_rows))

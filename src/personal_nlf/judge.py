@@ -52,6 +52,16 @@ def judge_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role
     return {it.key: journal.done[it.key] for it in items}
 
 
+def score_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role: RoleConfig, seed: int = 0,
+                chunk_size: int = 32) -> list[dict[str, Any]]:
+    """Score items without a journal (GRPO rewards: a resumed training run restarts its step)."""
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(items), chunk_size):
+        chunk = items[start:start + chunk_size]
+        out.extend(_logprob(chunk, backend) if cfg.method == "logprob" else _generate(chunk, backend, cfg, role, seed))
+    return out
+
+
 def _logprob(chunk: list[JudgeItem], backend: Backend) -> list[dict[str, Any]]:
     lps = backend.choice_logprobs([it.messages() for it in chunk], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
     return [{"score": expected_score(lp), "outcome": "logprob", "attempts": 1,

@@ -44,6 +44,8 @@ def build(rows: dict[str, dict[str, Any]], seed: int = 0, reference_key: dict[st
             "macro": m["macro"], "macro_ci95": m["macro_ci95"], "n": m["n"],
             "s_per_query": m["s_per_query"], "prompt_tokens_per_query": m["prompt_tokens_per_query"],
             "judge_failures": m.get("judge_failures", 0),
+            # Summary mode: RAG (k retrieved items) prompt tokens / summary prompt tokens.
+            "context_reduction_ratio": m.get("context_reduction_ratio"),
             "answer_json_rate": round(sum(v for k, v in m.get("answer_parse", {}).items() if k.startswith("json"))
                                       / max(1, m["n"]), 3),
             "paper_macro": ref[0] if ref else None, "paper_s_per_query": ref[1] if ref else None,
@@ -66,13 +68,15 @@ def _f(v, nd=3):
 def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
     doms = rep["domains"]
     head = ["method"] + [SHORT.get(d, d) for d in doms] + ["macro", "95% CI", "n", "s/query", "prompt tok/q",
-                                                           "judge fails", "JSON answers", "paper macro", "paper s/q"]
+                                                           "ctx reduction", "judge fails", "JSON answers", "paper macro", "paper s/q"]
     lines = ["# Results", "", title_note, "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rep["table"]:
         cells = [r["method"]] + [_f(r["domains"][d]) for d in doms] + [
             _f(r["macro"]), f"[{_f(r['macro_ci95'][0])}, {_f(r['macro_ci95'][1])}]", str(r["n"]),
-            _f(r["s_per_query"], 2), _f(r["prompt_tokens_per_query"], 0), str(r["judge_failures"]),
+            _f(r["s_per_query"], 2), _f(r["prompt_tokens_per_query"], 0),
+            "—" if r.get("context_reduction_ratio") is None else f"{r['context_reduction_ratio']:.2f}×",
+            str(r["judge_failures"]),
             f"{100 * r['answer_json_rate']:.0f}%", _f(r["paper_macro"]), _f(r["paper_s_per_query"], 2)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "*paper macro / paper s/q*: the seed paper's Table 2 (Qwen2.5-7B policy, Qwen2.5-32B judge, real "
@@ -81,6 +85,25 @@ def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
               "", "| A | B | n | macro(A) − macro(B) | p |", "|---|---|---|---|---|"]
     for t in rep["paired_tests"]:
         lines.append(f"| {t['a']} | {t['b']} | {t['n']} | {_f(t['diff'], 4)} | {_f(t['p_value'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def transfer_markdown(transfer: dict[str, Any]) -> str:
+    """The transfer table: exported summaries on generators never trained with them."""
+    gens = transfer.get("generators") or {}
+    if not gens:
+        return ""
+    lines = ["", f"## Transfer: exported summaries on other generators ({transfer.get('split', 'test')} split)", "",
+             "Each generator answers with the user's summary as its only personal context, without any, and with "
+             "RAG; same judge as above.", "",
+             "| generator | model | with summary | without (no_pers) | RAG | summary − no_pers | "
+             "prompt tok/q summary | prompt tok/q RAG | ctx reduction |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, g in gens.items():
+        lines.append(f"| {name} | `{g['model']}` ({g['backend']}) | {_f(g['summary']['macro'])} | "
+                     f"{_f(g['no_pers']['macro'])} | {_f(g['rag']['macro'])} | "
+                     f"{g['summary']['macro'] - g['no_pers']['macro']:+.3f} | "
+                     f"{_f(g['summary']['prompt_tokens_per_query'], 0)} | {_f(g['rag']['prompt_tokens_per_query'], 0)} | "
+                     f"{g['context_reduction_ratio']:.2f}× |")
     return "\n".join(lines) + "\n"
 
 

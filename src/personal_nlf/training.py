@@ -1,5 +1,6 @@
 """LoRA training with TRL's trainers as they are: SFTTrainer (prompt -> completion, loss on the
-completion only) and DPOTrainer (chosen over rejected). Adapters are saved in standard PEFT
+completion only), DPOTrainer (chosen over rejected) and GRPOTrainer (G sampled completions per
+prompt scored by reward functions; summary mode's summarizer). Adapters are saved in standard PEFT
 format, loadable by PeftModel.from_pretrained and by vLLM LoRA requests.
 
 Checkpoints go to a work folder beside the stage output, so a killed training run, rerun,
@@ -10,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,15 @@ from .llm.base import Messages
 from .llm.hf import load_model_and_tokenizer
 
 log = logging.getLogger("personal_nlf")
+
+
+@dataclass
+class GRPOSettings:
+    reward_funcs: list[Callable]
+    num_generations: int
+    beta: float  # KL coefficient to the reference (the base model with the adapter disabled)
+    max_completion_length: int
+    temperature: float
 
 
 def _lora_config(cfg: TrainConfig):
@@ -63,9 +75,11 @@ def checkpoints(work_dir: str | Path) -> list[Path]:
 
 
 def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainConfig,
-          work_dir: str | Path, seed: int, init_adapter: str | None = None, report_to: list[str] | None = None) -> dict[str, Any]:
+          work_dir: str | Path, seed: int, init_adapter: str | None = None, report_to: list[str] | None = None,
+          grpo: GRPOSettings | None = None) -> dict[str, Any]:
     """Train a LoRA adapter. rows: {"prompt": Messages, "completion": Messages} for sft;
-    {"prompt", "chosen", "rejected"} for dpo. Returns the trainer's log history summary."""
+    {"prompt", "chosen", "rejected"} for dpo; {"prompt", <columns the rewards read>} for grpo.
+    Returns the trainer's log history summary."""
     from datasets import Dataset
 
     if not rows:
@@ -86,6 +100,18 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
 
         trainer = DPOTrainer(model=model, args=DPOConfig(**args, beta=cfg.dpo_beta, max_length=cfg.max_length),
                              train_dataset=ds, processing_class=tok, peft_config=peft_config)
+    elif objective == "grpo":
+        from trl import GRPOConfig, GRPOTrainer
+
+        if grpo is None:
+            raise ValueError("objective grpo needs GRPOSettings (reward functions, G, beta)")
+        # One prompt per device step: the batch counts completions and must be a multiple of G.
+        args.update(per_device_train_batch_size=grpo.num_generations, remove_unused_columns=False)  # rewards read columns
+        trainer = GRPOTrainer(
+            model=model, reward_funcs=grpo.reward_funcs, train_dataset=ds, processing_class=tok, peft_config=peft_config,
+            args=GRPOConfig(**args, num_generations=grpo.num_generations, beta=grpo.beta,
+                            max_completion_length=grpo.max_completion_length, temperature=grpo.temperature,
+                            log_completions=False))  # completions may quote profiles: never logged
     else:
         raise ValueError(f"unknown objective {objective!r}")
     resume = _last_checkpoint(work_dir)
@@ -96,12 +122,22 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     final = work_dir / f"checkpoint-{trainer.state.global_step}"
     if not final.exists():
         trainer.save_model(str(final))
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    losses = [h["loss"] for h in history]
     log.info("%s on %d examples: %d steps, loss per step %s (mean %.4f)", objective, len(rows),
              trainer.state.global_step, [round(x, 4) for x in losses], result.training_loss)
-    return {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
-            "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-            "loss_curve": losses}
+    stats = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
+             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+             "loss_curve": losses}
+    if objective == "grpo":
+        # Per step: reward mean/std, KL to the untrained model, summary length (TRL's names).
+        keys = ("reward", "reward_std", "kl", "completions/mean_length", "entropy")
+        stats["steps_log"] = [{"step": h.get("step"), **{k: h[k] for k in keys if k in h},
+                               **{k: v for k, v in h.items() if k.startswith(("summary/", "rewards/"))}}
+                              for h in history]
+        for h in stats["steps_log"]:
+            log.info("grpo step %s: %s", h.get("step"), {k: round(v, 4) for k, v in h.items() if k != "step"})
+    return stats
 
 
 def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:

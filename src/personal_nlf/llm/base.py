@@ -67,6 +67,12 @@ class Backend(abc.ABC):
         raise BackendError(f"the {self.name} backend cannot return token log-probabilities; "
                            "use judge.method=generate or the hf/vllm backend for the judge")
 
+    def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
+        """Log-likelihood of each answer as the assistant turn after its prompt (summed over the
+        answer's tokens): the summary mode's preference reward."""
+        raise BackendError(f"the {self.name} backend cannot score answers; use the hf backend for the generator "
+                           "with summary.reward=preference")
+
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """Provenance: backend, model, adapter (with content hashes where local), device."""

@@ -163,6 +163,31 @@ class HFBackend(Backend):
                 out.append({c: float(torch.logsumexp(row[ids], dim=0)) for c, ids in variants.items()})
         return out
 
+    def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
+        import torch
+
+        out: list[float] = []
+        bs = self.role.batch_size
+        for start in range(0, len(prompts), bs):
+            seqs, n_ans = [], []
+            for p, a in zip(prompts[start:start + bs], answers[start:start + bs]):
+                ids_p = self.tok(self.render(p), add_special_tokens=not self.chat)["input_ids"]
+                ids_a = self.tok(a, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id]
+                ids = (ids_p + ids_a)[-self.role.max_input_tokens:]
+                seqs.append(ids)
+                n_ans.append(min(len(ids_a), len(ids) - 1))
+            width = max(len(s) for s in seqs)
+            pad = self.tok.pad_token_id
+            input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            with torch.inference_mode():
+                logp = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+            for row, n in enumerate(n_ans):
+                # Token at position i is predicted by the logits at i - 1; answers sit at the end.
+                targets = input_ids[row, width - n:]
+                out.append(float(logp[row, width - n - 1:width - 1].gather(1, targets[:, None]).sum()))
+        return out
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": "hf",

@@ -74,6 +74,14 @@ def select_best(initial: float | None, scores: list[float]) -> dict[str, Any]:
     return out
 
 
+def best_and_worst(scores: list[float]) -> dict:
+    """The best sample (ties: the first sampled, as VAC's selection) is the SFT target; the worst
+    (ties: the last sampled) is the rejected side for DPO. All-equal records give DPO no pair."""
+    worst = min(range(len(scores)), key=lambda j: (scores[j], -j))
+    return {**select_best(None, scores), "worst_j": worst, "worst_score": scores[worst],
+            "mean_score": sum(scores) / len(scores)}
+
+
 def judge_candidates(ctx: IterationContext, candidates: list[tuple[evaluate.EvalRecord, str, str]],
                      out_dir: Path) -> tuple[list[dict], dict[tuple[str, str], float]]:
     """Judge (record, candidate name, answer) triples on every rubric aspect (journaled); writes
@@ -126,6 +134,30 @@ def fit_policy(ctx: IterationContext, objective: str, rows: list[dict], out: Pat
     cleanup(work)
     return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"],
             "best_checkpoint_step": int(best.name.split("-")[1])}
+
+
+def fit_last(ctx: IterationContext, step: str, objective: str, rows: list[dict], role_name: str,
+             init_adapter: str | None, out: Path, grpo: training.GRPOSettings | None = None) -> dict:
+    """LoRA-train `role_name` from init_adapter and export the last checkpoint as iteration t's
+    adapter (out/adapter, out/state.json). For models whose checkpoints are not selected on
+    validation (VAC's feedback model, the summary mode's summarizer and generator)."""
+    cfg = ctx.train_config()
+    if not rows:
+        log.warning("iteration %s: no %s training examples for %s; it carries over from iteration %s",
+                    ctx.t, objective, role_name, ctx.prev)
+        write_json_atomic(out / "state.json", {"adapter": init_adapter, "iteration": ctx.t,
+                                               "skipped": f"no {objective} training examples"})
+        return {"examples": 0, "skipped": 1}
+    work = ctx.journal(step, "work")
+    stats = training.train(objective, rows, ctx.role(role_name, None), ctx.models_dir, cfg, work,
+                           seed=ctx.params.seed + int(ctx.t), init_adapter=init_adapter,
+                           report_to=ctx.extra.get("report_to"), grpo=grpo)
+    last = training.checkpoints(work)[-1]
+    adapter = training.export_adapter(last, out / "adapter")
+    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": last.name})
+    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": objective})
+    cleanup(work)
+    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"]}
 
 
 def select_checkpoint(ctx: IterationContext, work: Path, cfg) -> tuple[Path, dict]:

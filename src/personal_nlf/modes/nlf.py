@@ -23,7 +23,7 @@ from .. import evaluate, prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..judge import outcome_counts
 from . import IterationContext
-from .loop import (by_key, cleanup, evaluate_policy, fit_policy, judge_candidates, run_role, select_best,
+from .loop import (by_key, evaluate_policy, fit_last, fit_policy, judge_candidates, run_role, select_best,
                    train_records)
 
 log = logging.getLogger("personal_nlf")
@@ -135,17 +135,7 @@ def train_feedback(ctx: IterationContext) -> dict:
         if s["feedback"]:
             rows.append(training.sft_row(prompts.feedback(er.record.question, er.own, er.record.narrative,
                                                           answers[er.key]["answer"]), s["feedback"]))
-    cfg = ctx.train_config()
-    work = ctx.journal("train_feedback", "work")
-    stats = training.train("sft", rows, ctx.role("feedback", None), ctx.models_dir, cfg, work,
-                           seed=ctx.params.seed + int(ctx.t), init_adapter=ctx.adapter("feedback"),
-                           report_to=ctx.extra.get("report_to"))
-    last = training.checkpoints(work)[-1]
-    adapter = training.export_adapter(last, out / "adapter")
-    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": last.name})
-    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows)})
-    cleanup(work)
-    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"]}
+    return fit_last(ctx, "train_feedback", "sft", rows, "feedback", ctx.adapter("feedback"), out)
 
 
 def train_policy(ctx: IterationContext) -> dict:

@@ -23,15 +23,7 @@ from .. import evaluate, prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..judge import outcome_counts
 from . import IterationContext
-from .loop import by_key, evaluate_policy, fit_policy, judge_candidates, run_role, select_best, train_records
-
-
-def best_and_worst(scores: list[float]) -> dict:
-    """The best sample (ties: the first sampled, as VAC's selection) is the SFT target; the worst
-    (ties: the last sampled) is the rejected side for DPO. All-equal records give DPO no pair."""
-    worst = min(range(len(scores)), key=lambda j: (scores[j], -j))
-    return {**select_best(None, scores), "worst_j": worst, "worst_score": scores[worst],
-            "mean_score": sum(scores) / len(scores)}
+from .loop import best_and_worst, by_key, evaluate_policy, fit_policy, judge_candidates, run_role, train_records
 
 
 def init(ctx: IterationContext) -> dict:

@@ -1,0 +1,300 @@
+"""Mode `summary`: POPI-style preference summaries trained with GRPO.
+
+A summarizer reads a user's profile only (no question by default: one summary per user, reusable
+for any later question; summary.condition) and writes a short preference summary. A generator
+answers the question from that summary alone, no raw profile, so the context shrinks.
+
+Per iteration t (from prev = t-1), on the same stage skeleton as `nlf` (the stage names are VAC's;
+here `train_feedback` trains the summarizer and `train_policy` the generator):
+  rollout         summarizer(t-1) writes one summary per train record (greedy)
+  signal          generator(t-1) samples N answers per record given the summary
+  refine          (no refine step in this mode: the stage records that and does nothing)
+  judge           the judge scores the N answers on the rubric; best > worst is the record's
+                  preference pair (ties: first sampled is best, last sampled is worst)
+  train_feedback  GRPO (TRL GRPOTrainer + LoRA) of the summarizer: G summaries per record, reward
+                  = judge score of generator(t-1)'s answer given each summary, or POPI's
+                  preference reward on the pair (rewards.py), minus a length cost; KL to the
+                  untrained summarizer with coefficient summary.kl_beta
+  train_policy    LoRA DPO of the generator on its pairs given the summary (summary.train_generator)
+  evaluate        summarizer(t) writes the evaluation split's summaries; generator(t) answers from
+                  them; judged; context reduction against RAG with k = retrieval.k
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from functools import lru_cache
+
+from .. import evaluate, models, prompts, training
+from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..judge import JudgeItem, outcome_counts, score_items
+from ..llm import render_plain, sampling_for
+from ..rewards import JudgeReward, PreferenceReward
+from ..summaries import profile_hash, scrub, select_profile
+from . import IterationContext
+from .loop import best_and_worst, by_key, fit_last, judge_candidates, run_role, train_records
+
+log = logging.getLogger("personal_nlf")
+
+SUMMARIZER, GENERATOR = "feedback", "policy"  # which train_<x> folder holds each model's adapter
+
+
+# ---------------------------------------------------------------- helpers
+
+
+@lru_cache(maxsize=8)
+def _tokenizer(model_ref: str, models_dir: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(models.resolve(model_ref, models_dir))
+
+
+def token_counter(role, models_dir):
+    """Counts tokens with the role's tokenizer; a remote model (openai backend) has none here,
+    so its profiles are budgeted at 4 characters per token."""
+    if role.backend == "openai":
+        return lambda text: (len(text) + 3) // 4
+    tok = _tokenizer(role.model, str(models_dir))
+    return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_tokens(role, models_dir, messages_list) -> list[int]:
+    """Prompt length in tokens as the hf backend renders it (chat template, or plain text)."""
+    tok = _tokenizer(role.model, str(models_dir))
+    chat = bool(tok.chat_template) if role.prompt_format == "auto" else role.prompt_format == "chat"
+    out = []
+    for m in messages_list:
+        text = tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) if chat else render_plain(m)
+        out.append(len(tok(text, add_special_tokens=not chat)["input_ids"]))
+    return out
+
+
+def summarizer_prompt(params, er: evaluate.EvalRecord, count) -> tuple[list, list[str]]:
+    """(messages, profile texts shown). Only the question and profile texts reach the summarizer."""
+    cfg = params.summary
+    texts = list(er.own) if cfg.condition == "retrieved" else [p.text for p in er.record.profile]
+    shown = select_profile(texts, count, cfg.max_profile_tokens)
+    question = None if cfg.condition == "profile" else er.record.question
+    return prompts.summarizer(shown, question), shown
+
+
+def write_summaries(ctx: IterationContext, recs, adapter, step: str) -> list[dict]:
+    """One greedy summary per record from the summarizer with `adapter` (journaled), scrubbed of
+    copied profile text."""
+    role = ctx.role("summarizer", adapter)
+    count = token_counter(role, ctx.models_dir)
+    items, shown = [], {}
+    for er in recs:
+        msgs, shown[er.key] = summarizer_prompt(ctx.params, er, count)
+        items.append((er.key, msgs))
+    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
+    out = run_role(ctx, pool, "summarizer", adapter, items, step, "summaries")
+    pool.close()
+    rows = []
+    for er in recs:
+        profile = [p.text for p in er.record.profile]
+        text, spans = scrub(out[er.key]["texts"][0].strip(), profile)
+        rows.append({"key": er.key, "domain": er.domain, "split": er.split, "id": er.record.id, "summary": text,
+                     "summary_tokens": out[er.key]["completion_tokens"], "scrubbed_spans": spans,
+                     "summarizer_prompt_tokens": out[er.key]["prompt_tokens"],
+                     "profile_items": len(profile), "profile_items_shown": len(shown[er.key]),
+                     "profile_hash": profile_hash(profile), "summarizer_adapter": adapter})
+    return rows
+
+
+def _answer_json(answer: str) -> str:
+    """Answers as the generator is asked to write them (training targets and pairs)."""
+    return json.dumps({"personalized_answer": answer}, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- steps
+
+
+def init(ctx: IterationContext) -> dict:
+    for which in (GENERATOR, SUMMARIZER):
+        write_json_atomic(ctx.dir(f"train_{which}") / "state.json", {"adapter": None, "iteration": "0"})
+    return {}
+
+
+def rollout(ctx: IterationContext) -> dict:
+    rows = write_summaries(ctx, train_records(ctx), ctx.adapter(SUMMARIZER), "rollout")
+    write_jsonl_atomic(ctx.dir("rollout") / "summaries.jsonl", rows)
+    return {"summaries": len(rows), "mean_summary_tokens": round(sum(r["summary_tokens"] for r in rows) / len(rows), 1),
+            "scrubbed_spans": sum(r["scrubbed_spans"] for r in rows)}
+
+
+def signal(ctx: IterationContext) -> dict:
+    recs = train_records(ctx)
+    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    n = ctx.params.summary.n_answers
+    items = [(er.key, prompts.summary_answer(er.record.question, summaries[er.key]["summary"])) for er in recs]
+    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
+    out = run_role(ctx, pool, "generator", ctx.adapter(GENERATOR), items, "signal", "answers", n=n,
+                   temperature=ctx.params.summary.answer_temperature)
+    pool.close()
+    rows = []
+    for er in recs:
+        for j, text in enumerate(out[er.key]["texts"]):
+            answer, outcome = prompts.parse_answer(text)
+            rows.append({"key": er.key, "j": j, "text": text, "answer": answer, "parse_outcome": outcome})
+    write_jsonl_atomic(ctx.dir("signal") / "answers.jsonl", rows)
+    return {"answers": len(rows), "distinct_share": round(len({(r["key"], r["answer"]) for r in rows}) / len(rows), 4)}
+
+
+def refine(ctx: IterationContext) -> dict:
+    # The stage skeleton is shared with VAC; summaries are not revised, so this step is empty.
+    write_json_atomic(ctx.dir("refine") / "skipped.json", {"mode": "summary", "step": "refine",
+                                                           "reason": "summary mode has no refine step"})
+    return {"skipped": 1}
+
+
+def judge(ctx: IterationContext) -> dict:
+    recs = train_records(ctx)
+    by_rec = {er.key: er for er in recs}
+    answers = read_jsonl(ctx.dir("signal") / "answers.jsonl")
+    rows, score = judge_candidates(ctx, [(by_rec[a["key"]], f"a{a['j']}", a["answer"]) for a in answers],
+                                   ctx.dir("judge"))
+    text = {(a["key"], a["j"]): a["answer"] for a in answers}
+    n = ctx.params.summary.n_answers
+    pairs = []
+    for er in recs:
+        sel = best_and_worst([score[(er.key, f"a{j}")] for j in range(n)])
+        pairs.append({"key": er.key, **sel, "preferred": _answer_json(text[(er.key, sel["best_j"])]),
+                      "dispreferred": _answer_json(text[(er.key, sel["worst_j"])])})
+    write_jsonl_atomic(ctx.dir("judge") / "pairs.jsonl", pairs)
+    summary = {"records": len(pairs),
+               "mean_answer_score": round(sum(p["mean_score"] for p in pairs) / len(pairs), 4),
+               "mean_best_score": round(sum(p["best_score"] for p in pairs) / len(pairs), 4),
+               "share_all_equal": round(sum(p["all_equal"] for p in pairs) / len(pairs), 4),
+               "judge_outcomes": outcome_counts(rows)}
+    write_json_atomic(ctx.dir("judge") / "summary.json", summary)
+    return summary
+
+
+def build_reward(ctx: IterationContext, pool: evaluate.BackendPool):
+    """The configured reward, with generator(t-1) and the judge loaded from the pool."""
+    cfg, p = ctx.params.summary, ctx.params
+    gen_role = ctx.role("generator", ctx.adapter(GENERATOR))
+    generator = pool.get(gen_role)
+    if cfg.reward == "preference":
+        def loglik(queries):
+            return generator.answer_logprobs([prompts.summary_answer(q, s or "") for q, s, _ in queries],
+                                             [a for _, _, a in queries])
+
+        return PreferenceReward(loglik, cfg.preference_beta, cfg.budget_tokens, cfg.length_cost)
+
+    judge_backend = pool.get(p.models.judge)
+    sampling = sampling_for(gen_role, seed=p.seed + int(ctx.t))
+
+    def answer(pairs):
+        gens = generator.generate([prompts.summary_answer(q, s) for q, s in pairs], sampling)
+        return [prompts.parse_answer(g[0].text)[0] for g in gens]
+
+    def judge_fn(cases):
+        items, owner = [], []
+        for i, (q, narrative, aspects, ans) in enumerate(cases):
+            for a_idx, a in enumerate(aspects):
+                items.append(JudgeItem(f"{i}#{a_idx}", q, narrative, a["aspect"], a["reason"], a["evidence"], ans))
+                owner.append(i)
+        scored = score_items(items, judge_backend, p.judge, p.models.judge, seed=p.seed,
+                             chunk_size=max(16, p.models.judge.batch_size))
+        per: list[list[dict]] = [[] for _ in cases]
+        for i, r in zip(owner, scored):
+            per[i].append(r)
+        return [(sum(r["score"] for r in rs) / (2 * len(rs)) if rs else 0.0, [r["outcome"] for r in rs]) for rs in per]
+
+    return JudgeReward(answer, judge_fn, cfg.budget_tokens, cfg.length_cost)
+
+
+def train_feedback(ctx: IterationContext) -> dict:
+    """GRPO of the summarizer (this stage trains the summarizer in summary mode)."""
+    cfg = ctx.params.summary
+    recs = train_records(ctx)
+    pairs = by_key(read_jsonl(ctx.dir("judge") / "pairs.jsonl"))
+    role = ctx.role("summarizer", None)
+    count = token_counter(role, ctx.models_dir)
+    rows = []
+    for er in recs:
+        if cfg.reward == "preference" and pairs[er.key]["all_equal"]:
+            continue  # no preferred answer: the preference reward is constant for this record
+        msgs, _ = summarizer_prompt(ctx.params, er, count)
+        rows.append({"prompt": msgs, "key": er.key, "question": er.record.question, "narrative": er.record.narrative,
+                     "rubric": json.dumps([{"aspect": a.aspect, "reason": a.reason, "evidence": a.evidence}
+                                           for a in er.record.rubric_aspects]),
+                     "profile": json.dumps([p.text for p in er.record.profile]),
+                     "preferred": pairs[er.key]["preferred"], "dispreferred": pairs[er.key]["dispreferred"]})
+    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
+    try:
+        reward = build_reward(ctx, pool)
+        grpo = training.GRPOSettings(reward_funcs=[reward], num_generations=cfg.num_generations, beta=cfg.kl_beta,
+                                     max_completion_length=ctx.params.models.summarizer.max_new_tokens,
+                                     temperature=cfg.temperature)
+        out = ctx.dir("train_feedback")
+        result = fit_last(ctx, "train_feedback", "grpo", rows, "summarizer", ctx.adapter(SUMMARIZER), out, grpo=grpo)
+    finally:
+        pool.close()
+    counts = dict(sorted(Counter(reward.counts).items()))
+    write_json_atomic(out / "reward_curve.json", {"reward": cfg.reward, "calls": reward.history, "counts": counts})
+    curve = reward.history
+    if curve:
+        result.update(first_reward=round(curve[0]["reward"], 4), last_reward=round(curve[-1]["reward"], 4))
+    return {**result, "reward_counts": counts}
+
+
+def train_policy(ctx: IterationContext) -> dict:
+    """LoRA DPO of the generator on its judge-ranked answers given the summary (optional)."""
+    out = ctx.dir("train_policy")
+    if not ctx.params.summary.train_generator:
+        write_json_atomic(out / "state.json", {"adapter": ctx.adapter(GENERATOR), "iteration": ctx.t, "frozen": True})
+        return {"frozen": 1}
+    recs = {er.key: er for er in train_records(ctx)}
+    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    rows = []
+    for p in read_jsonl(ctx.dir("judge") / "pairs.jsonl"):
+        if p["all_equal"]:
+            continue
+        er = recs[p["key"]]
+        rows.append(training.dpo_row(prompts.summary_answer(er.record.question, summaries[p["key"]]["summary"]),
+                                     p["preferred"], p["dispreferred"]))
+    return fit_last(ctx, "train_policy", "dpo", rows, "generator", ctx.adapter(GENERATOR), out)
+
+
+def evaluate_step(ctx: IterationContext) -> dict:
+    p = ctx.params
+    split = p.baselines.eval_split
+    recs = evaluate.load_eval_records(ctx.prepared, ctx.index, p.data.domains, split)
+    out_dir = ctx.dir("evaluate")
+    rows = write_summaries(ctx, recs, ctx.adapter(SUMMARIZER, ctx.t), "evaluate")
+    write_jsonl_atomic(out_dir / "summaries.jsonl", rows)
+    generator = ctx.role("generator", ctx.adapter(GENERATOR, ctx.t))
+    summaries = {r["key"]: r["summary"] for r in rows}
+    # Context: the generator's prompt with the summary vs the RAG prompt with k retrieved items,
+    # both counted with the generator's tokenizer.
+    rag_tokens = prompt_tokens(generator, ctx.models_dir, [prompts.rag(er.record.question, er.own) for er in recs])
+    n = len(recs)
+    context = {
+        "rag_k": p.retrieval.k,
+        "rag_prompt_tokens_per_query": round(sum(rag_tokens) / n, 1),
+        "summarizer_prompt_tokens_per_user": round(sum(r["summarizer_prompt_tokens"] for r in rows) / n, 1),
+        "summary_tokens_mean": round(sum(r["summary_tokens"] for r in rows) / n, 1),
+        "summaries_over_budget": sum(1 for r in rows if r["summary_tokens"] > p.summary.budget_tokens),
+        "scrubbed_spans": sum(r["scrubbed_spans"] for r in rows),
+        "empty_summaries": sum(1 for r in rows if not r["summary"].strip()),
+    }
+    m = evaluate.evaluate_method(
+        "summary", p, ctx.prepared, ctx.index, ctx.models_dir, out_dir, ctx.metrics, policy=generator,
+        summaries=summaries,
+        extra={"mode": "summary", "iteration": int(ctx.t), "method_label": f"summary_iter_{ctx.t}",
+               "summarizer": ctx.role("summarizer", ctx.adapter(SUMMARIZER, ctx.t)).model_dump(),
+               "summary": p.summary.model_dump()})
+    context["context_reduction_ratio"] = round(context["rag_prompt_tokens_per_query"] / m["prompt_tokens_per_query"], 3)
+    m.update(context)
+    write_json_atomic(ctx.metrics, m)
+    return {"macro": m["macro"], "context_reduction_ratio": context["context_reduction_ratio"],
+            **{f"score.{d}": v["score"] for d, v in m["domains"].items()}}
+
+
+STEPS = {"rollout": rollout, "signal": signal, "refine": refine, "judge": judge, "train_feedback": train_feedback,
+         "train_policy": train_policy, "evaluate": evaluate_step}
