@@ -117,7 +117,7 @@ def test_changing_k_reruns_only_what_reads_it(pipeline):
     # Everything that reads the index reruns (the loop's train questions use retrieval too);
     # base_model, prepare, iter_init and no_pers do not.
     assert ran == {"index", "train_planner", "baseline_rag", "baseline_rag_random", "baseline_planpers",
-                   "report"} | loop_stages("1"), \
+                   "transfer", "report"} | loop_stages("1"), \
         out.stdout
 
 
@@ -276,3 +276,64 @@ def test_generation_benchmark_runs(pipeline, tmp_path):
         assert heading in text
     assert "| 1 |" in text and "| 3 (= n) |" in text and "Stage-path overhead vs bare:" in text
     assert "parse-failure rate" in text and "Spearman rho" in text
+
+
+def test_summary_mode_end_to_end(pipeline):
+    """`dvc exp run -S mode=summary` on the tiny slice: one iteration with a real GRPO step of the
+    summarizer, the generator's DPO, the export, and the transfer of the exported summaries to
+    the untrained policy and to an OpenAI-compatible server on 127.0.0.1 (`transformers serve`)."""
+    from personal_nlf import export
+    from personal_nlf.data import load_prepared
+    from personal_nlf.llm.local_server import serve_local_model
+    from personal_nlf.summaries import scrub
+
+    repo = pipeline["repo"]
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    with serve_local_model(repo / "models/embedded/smollm2-135m-instruct", device="cpu") as (url, model):
+        set_params(repo, **{
+            "summary.export_iteration": "1", "summary.num_generations": 2, "summary.n_answers": 2,
+            "summary.budget_tokens": 8, "models.summarizer.max_new_tokens": 16, "models.generator.max_new_tokens": 12,
+            "transfer.generators": {
+                "base_policy": params["models"]["policy"],  # = models.policy: baseline rows reused
+                "served": {"model": model, "backend": "openai", "base_url": url, "max_new_tokens": 12,
+                           "batch_size": 4, "timeout_s": 120, "max_retries": 1}}})
+        out = dvc("exp", "run", "-S", "mode=summary", cwd=repo)
+    ran = ran_stages(out)
+    assert {f"{s}@1" for s in VAC_STEPS} | {"iter_init", "export", "transfer", "transfer_models", "report"} <= ran
+    assert not {"baseline_no_pers", "baseline_rag", "base_model", "index"} & ran  # unchanged: cached
+
+    m = json.loads((repo / "metrics/summary/iter_1.json").read_text())
+    assert 0.0 <= m["macro"] <= 1.0 and m["n"] == 6 and m["method"] == "summary"
+    # The generator's prompt holds the summary instead of k retrieved items: shorter.
+    assert m["context_reduction_ratio"] > 1.0
+    assert m["rag_prompt_tokens_per_query"] > m["prompt_tokens_per_query"]
+    it = repo / "outputs/summary/iter_1"
+    stats = json.loads((it / "train_feedback/train_stats.json").read_text())
+    assert stats["objective"] == "grpo" and stats["steps"] == 2
+    assert all({"reward", "reward_std", "kl", "completions/mean_length"} <= set(h) for h in stats["steps_log"])
+    curve = json.loads((it / "train_feedback/reward_curve.json").read_text())
+    assert curve["calls"] and curve["counts"]["summaries"] >= 2 and curve["counts"]["summaries"] % 2 == 0  # G = 2
+    assert (it / "train_feedback/adapter/adapter_config.json").exists()
+    assert (it / "train_policy/adapter/adapter_config.json").exists()  # generator DPO ran
+    assert (it / "refine/skipped.json").exists()
+
+    # Export: one line per test user, the documented fields, no narrative, rubric or profile text.
+    rows = [json.loads(x) for x in (repo / "exports/summaries.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all(tuple(r) == export.EXPORT_FIELDS for r in rows)
+    assert all(r["summarizer_adapter_hash"] and r["iteration"] == "1" for r in rows)
+    blob = (repo / "exports/summaries.jsonl").read_text() + (repo / "exports/summaries.openai.jsonl").read_text()
+    for domain in params["data"]["domains"]:
+        for rec in load_prepared(repo / "outputs/prepared", domain, "test"):
+            assert rec.narrative not in blob
+            assert not any(a.evidence in blob or a.reason in blob for a in rec.rubric_aspects)
+            summary = next(r["summary"] for r in rows if r["id"] == rec.id and r["domain"] == domain)
+            assert scrub(summary, [p.text for p in rec.profile])[1] == 0
+
+    t = json.loads((repo / "metrics/transfer.json").read_text())["generators"]
+    assert set(t) == {"base_policy", "served"}
+    assert t["base_policy"]["no_pers_reused_from"] == "metrics/no_pers.json"
+    for g in t.values():
+        assert all(0.0 <= g[k]["macro"] <= 1.0 for k in ("summary", "no_pers", "rag"))
+        assert g["context_reduction_ratio"] > 1.0
+    report = (repo / "metrics/report.md").read_text()
+    assert "| summary@1 |" in report and "## Transfer" in report and "| served |" in report
