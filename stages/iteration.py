@@ -23,7 +23,8 @@ def main(args, params):
     logged = {"mode": params.mode, "loop": loop, "iteration": t, "prev": prev, "seed": params.seed,
               "nlf": params.nlf.model_dump(), "train": params.train.model_dump(), "models": params.models.model_dump(),
               "judge": params.judge.model_dump(),
-              **({"offline_rl": params.offline_rl.model_dump()} if loop == "offline_rl" else {})}
+              **({"offline_rl": params.offline_rl.model_dump()} if loop == "offline_rl" else {}),
+              **({"summary": params.summary.model_dump()} if loop == "summary" else {})}
     tags = {"mode": params.mode, "loop": loop, "iteration": t, "step": args.step}
     name = f"{args.step}@{t}" if loop == params.mode else f"{loop}_{args.step}@{t}"
     with tracking.stage_run(params.tracking, name, logged, tags) as run:

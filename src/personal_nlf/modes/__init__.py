@@ -2,8 +2,8 @@
 
 A loop is a module with `STEPS: dict[str, Callable[[IterationContext], dict]]`, one function per
 per-iteration DVC stage (see dvc.yaml), plus `init(ctx)` for iteration 0. The stage script
-`stages/iteration.py` runs the loop of the configured `mode` (`nlf`: VAC), or `--loop offline_rl`,
-the scalar-reward baseline that runs beside it; `loop.py` holds what the loops share. Adding a
+`stages/iteration.py` runs the loop of the configured `mode` (`nlf`: VAC; `summary`: POPI-style
+summaries trained with GRPO), or `--loop offline_rl`, the scalar-reward baseline that runs beside it; `loop.py` holds what the loops share. Adding a
 mode means adding one module here and its name to `config.Params.mode`.
 """
 
