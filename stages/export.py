@@ -4,13 +4,17 @@ the OpenAI chat format). Modes without summaries (nlf) write an empty export tha
 from personal_nlf import export, stage, tracking
 
 
+def last_iteration(params) -> str:
+    return sorted(params.nlf.iterations, key=lambda t: (len(t), t))[-1]
+
+
 def main(args, params):
     if params.mode != "summary":
         stage.log.warning("mode %s learns no summaries: exports/ is empty (run `dvc exp run -S mode=summary`)",
                           params.mode)
         export.write([], args.out, {"mode": params.mode, "note": "no summaries: mode is not `summary`"})
         return
-    it = params.summary.export_iteration
+    it = params.summary.export_iteration or last_iteration(params)
     if it not in params.nlf.iterations:
         raise stage.StageError(f"summary.export_iteration {it!r} is not an iteration of nlf.iterations "
                                f"({', '.join(params.nlf.iterations)})")

@@ -117,7 +117,7 @@ def test_changing_k_reruns_only_what_reads_it(pipeline):
     # Everything that reads the index reruns (the loop's train questions use retrieval too);
     # base_model, prepare, iter_init and no_pers do not.
     assert ran == {"index", "train_planner", "baseline_rag", "baseline_rag_random", "baseline_planpers",
-                   "transfer", "report"} | loop_stages("1"), \
+                   "export", "transfer", "report"} | loop_stages("1"), \
         out.stdout
 
 
@@ -134,18 +134,19 @@ def ran_stages(out) -> set[str]:
 
 
 def test_iterations_are_cached_separately(pipeline):
-    """T is a param: adding iteration 2 runs only iteration 2 (both loops) and the report;
+    """T is a param: adding iteration 2 runs only iteration 2 (both loops), export and the report;
     then changing an iteration-2 training param reruns only iteration 2's training and what
     depends on it."""
     repo = pipeline["repo"]
     out = dvc("exp", "run", "-S", '+nlf.iterations.2={prev: "1", max_steps: 1}', cwd=repo)
-    assert ran_stages(out) == loop_stages("2") | {"report"}, out.stdout
+    # (export: in mode nlf it only records that there is nothing to export; it reads outputs/nlf.)
+    assert ran_stages(out) == loop_stages("2") | {"export", "report"}, out.stdout
     assert json.loads((repo / "outputs/offline_rl/iter_2/train_policy/train_stats.json").read_text())["steps"] == 1
     report = json.loads((repo / "metrics/report.json").read_text())
     assert {"nlf@1", "nlf@2", "offline_rl@1", "offline_rl@2"} <= {r["method"] for r in report["table"]}
     out = dvc("exp", "run", "-S", "++nlf.iterations.2.learning_rate=0.0001", cwd=repo)
     assert ran_stages(out) == loop_stages("2", vac=("train_feedback", "train_policy", "evaluate"),
-                                          offline_rl=("train_policy", "evaluate")) | {"report"}, out.stdout
+                                          offline_rl=("train_policy", "evaluate")) | {"export", "report"}, out.stdout
 
 
 def test_trained_planner_option(pipeline):

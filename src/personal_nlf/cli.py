@@ -169,7 +169,8 @@ def cmd_export(args) -> int:
     from .config import load_params
 
     params = load_params(args.params)
-    iteration = args.iteration or params.summary.export_iteration
+    iteration = (args.iteration or params.summary.export_iteration
+                 or sorted(params.nlf.iterations, key=lambda t: (len(t), t))[-1])
     try:
         stats = export.export_iteration(params, args.root, args.prepared, iteration, args.out)
     except export.ExportError as e:
@@ -225,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and adapter, iteration, profile hash, time; never profile text) and "
                                    "exports/summaries.openai.jsonl (a system message per user).")
     e.add_argument("--params", default="params.yaml")
-    e.add_argument("--iteration", default=None, help="default: params summary.export_iteration")
+    e.add_argument("--iteration", default=None, help="default: params summary.export_iteration, else the last iteration")
     e.add_argument("--root", default="outputs/summary", help="the summary mode's outputs folder")
     e.add_argument("--prepared", default="outputs/prepared")
     e.add_argument("--out", default="exports")

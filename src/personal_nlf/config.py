@@ -189,8 +189,8 @@ class SummaryConfig(Section):
     # LoRA DPO of the generator on its own judge-ranked answers given the summary (POPI trains
     # both sides). false: the generator stays the untrained policy.
     train_generator: bool = True
-    # Which iteration's summaries `export` writes (a key of nlf.iterations).
-    export_iteration: str = "2"
+    # Which iteration's summaries `export` writes (a key of nlf.iterations); None = the last one.
+    export_iteration: str | None = None
 
 
 class TransferConfig(Section):
