@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 T0 = time.perf_counter()
+RATIOS: dict[str, float] = {}  # headline ratios of the last main() run, for benchmarks/run_all.py
 
 
 def log(msg: str) -> None:
@@ -376,6 +377,9 @@ def main(argv=None) -> int:
         L.append(f"| {label} | {fmt_times(times[key])} | {med[key]:.2f} | {tok_n} | {tok_n / med[key]:.1f} | "
                  f"{ratio:.3f} ({(ratio - 1) * 100:+.1f}%) |")
     over = med["journaled"] / med["bare"] - 1
+    RATIOS["stage path / bare model.generate (time; goal <= 1.10)"] = med["journaled"] / med["bare"]
+    if base_tps:
+        RATIOS[f"hf batch_size={n} / batch_size=1 (tokens/s)"] = (gen_rows[n][2] / gen_rows[n][0]) / base_tps
     L += ["", f"Stage-path overhead vs bare: {over * 100:+.1f}% (goal: within 10%: "
               f"{'met' if over <= 0.10 else 'NOT met'}). Outputs identical to bare: backend {same_be}/{n}, "
               f"journaled {same_j}/{n}.",
@@ -400,6 +404,7 @@ def main(argv=None) -> int:
         L.append(f"| generate | {fmt_times(jr['times']['generate'])} | {mg:.2f} | {mg / nj:.3f} | {jr['gen_calls']} "
                  f"generations | {statistics.mean(jr['gen']):.3f} | {jr['dist_gen']} |")
         L += ["", f"generate / logprob time per aspect: {mg / mlp:.1f}x", ""]
+        RATIOS["judge generate / logprob (time per aspect)"] = mg / mlp
         ok = jr["ok"]
         fails = nj - len(ok)
         exact_all = sum(round_half_up(a) == int(b) for a, b in zip(jr["lp"], jr["gen"]))

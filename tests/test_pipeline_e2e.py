@@ -166,8 +166,15 @@ def test_trained_planner_option(pipeline):
 def test_killed_generation_resumes_each_record_once(pipeline, tmp_path):
     """kill -9 the rag stage mid-generation; rerun; same outputs as an uninterrupted run."""
     repo = pipeline["repo"]
+    params_before = (repo / "params.yaml").read_text()
     set_params(repo, **{"models.policy.batch_size": 1})  # one record per chunk: a kill lands midway
+    try:
+        _kill_and_resume(repo, tmp_path)
+    finally:  # later tests expect the fixture's params (a changed models.policy reruns the baselines)
+        (repo / "params.yaml").write_text(params_before)
 
+
+def _kill_and_resume(repo: Path, tmp_path: Path):
     def cmd(out):
         return [sys.executable, "stages/baseline.py", "--method", "rag", "--prepared", "outputs/prepared",
                 "--index", "outputs/index", "--models-dir", "models/embedded", "--out", str(out),
@@ -234,6 +241,16 @@ def test_one_vac_iteration_end_to_end(pipeline):
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     validation = json.loads((it / "train_policy/state.json").read_text())["validation"]
     assert validation["selected_by"] == "validation_macro" and len(validation["scores"]) == 2
+    # `personal-nlf plan` predicted exactly the judge calls these stages made.
+    from personal_nlf import plan
+    from personal_nlf.config import load_params
+
+    p = load_params(repo / "params.yaml")
+    p = p.model_copy(update={"data": p.data.model_copy(update={"source": str(repo / p.data.source)})})
+    predicted = {r.stage: r for r in plan.estimate(p, plan.counts_from_data(p)).rows}
+    assert predicted["vac@1 judge"].judge_calls == len(read_jsonl(it / "judge/judge_scores.jsonl"))
+    assert predicted["vac@1 evaluate"].judge_calls == len(read_jsonl(it / "evaluate/judge_scores.jsonl"))
+    assert predicted["baseline_rag"].judge_calls == len(read_jsonl(repo / "outputs/baselines/rag/judge_scores.jsonl"))
 
 
 def test_one_offline_rl_iteration_end_to_end(pipeline):
@@ -292,6 +309,7 @@ def test_summary_mode_end_to_end(pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     with serve_local_model(repo / "models/embedded/smollm2-135m-instruct", device="cpu") as (url, model):
         set_params(repo, **{
+            "nlf.iterations": {"1": {"prev": "0"}},  # one summary iteration (an earlier test added a second)
             "summary.export_iteration": "1", "summary.num_generations": 2, "summary.n_answers": 2,
             "summary.budget_tokens": 8, "models.summarizer.max_new_tokens": 16, "models.generator.max_new_tokens": 12,
             "transfer.generators": {

@@ -202,6 +202,22 @@ def cmd_apply(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from . import plan
+    from .config import load_params
+
+    params = load_params(args.params)
+    counts = plan.counts_lamp_qa(params) if args.scale == "lamp-qa" else plan.counts_from_data(params)
+    est = plan.estimate(params, counts)
+    if args.json:
+        print(json.dumps(plan.as_dict(est), indent=1))
+    else:
+        source = "LaMP-QA's published sizes" if args.scale == "lamp-qa" else params.data.source
+        print(f"plan for {args.params} (mode {params.mode}, {len(params.nlf.iterations)} iterations, data: {source})")
+        print(plan.render(est, args.judge_calls_per_s, args.generations_per_s))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personal-nlf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -252,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--params", default="params.yaml", help="judge settings (with --judge)")
     a.add_argument("--models-dir", default="models/embedded", help="where embedded judge models live")
     a.set_defaults(func=cmd_apply)
+    pl = sub.add_parser("plan", help="model calls per stage for the current params (size a run before starting it)",
+                        description="Count the generations, judge calls and training steps every stage of "
+                                    "`dvc repro` will make with these params, from the data's record and rubric "
+                                    "counts (or LaMP-QA's published sizes with --scale lamp-qa).")
+    pl.add_argument("--params", default="params.yaml")
+    pl.add_argument("--scale", choices=["data", "lamp-qa"], default="data",
+                    help="data: count data.source (after the caps); lamp-qa: the full benchmark's sizes")
+    pl.add_argument("--judge-calls-per-s", type=float, default=None, help="measured judge throughput, for a time estimate")
+    pl.add_argument("--generations-per-s", type=float, default=None, help="measured generation throughput")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plan)
     return p
 
 

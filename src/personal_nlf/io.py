@@ -7,6 +7,7 @@ journal (`<out>.partial`) as they go; rerun with the same fingerprint, they skip
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -29,7 +30,10 @@ def stable_hash(obj: Any, n: int = 16) -> str:
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as e:  # a file stands where a folder of the path should be
+        raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of the output folder", e.filename) from None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -37,8 +41,10 @@ def _atomic(path: Path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:
+            e.filename = str(path)  # ENOSPC from write() names no file: name the output
         raise
 
 

@@ -4,6 +4,7 @@ turning known input errors into one-line messages with a non-zero exit (never a 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import random
@@ -21,6 +22,14 @@ log = logging.getLogger("personal_nlf")
 
 # Errors that mean "your input or configuration is wrong": reported in one line, exit 2.
 USER_ERRORS = (ConfigError, DataError, ModelError, FileNotFoundError, PermissionError)
+# OS errors of the environment rather than the code (disk full, read-only or unwritable output
+# folder): one line naming the path; outputs written before are intact (atomic writes).
+ENV_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR}
+
+
+def describe_os_error(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror or e} (earlier outputs are intact; free space or fix the folder, then rerun)"
 
 
 class StageError(RuntimeError):
@@ -99,5 +108,13 @@ def run(main: Callable[[argparse.Namespace, Params], None], p: argparse.Argument
             file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                                "failed after %.1f s: %s", (time.time() - t0, e), None))
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in ENV_ERRNOS:
+            raise
+        msg = describe_os_error(e)
+        if file_handler:
+            file_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "failed: %s", (msg,), None))
+        print(f"error: {msg}", file=sys.stderr)
         sys.exit(2)
     log.info("done in %.1f s", time.time() - t0)

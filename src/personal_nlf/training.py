@@ -9,6 +9,7 @@ resumes from its last checkpoint (DVC deletes declared outputs before a rerun; n
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from .config import RoleConfig, TrainConfig
+from .io import stable_hash, write_json_atomic
+from .models import folder_hash
 from .llm.base import Messages
 from .llm.hf import load_model_and_tokenizer
 
@@ -70,6 +73,22 @@ def _last_checkpoint(work_dir: Path) -> str | None:
     return str(cps[-1]) if cps else None
 
 
+def _claim_work_dir(work_dir: Path, config: dict[str, Any]) -> None:
+    """Checkpoints are resumed only by the configuration that wrote them: a work folder left by a
+    killed run with other rows, params or starting adapter is discarded, not resumed."""
+    fp = stable_hash(config)
+    marker = work_dir / "fingerprint.json"
+    if work_dir.exists():
+        old = json.loads(marker.read_text()).get("fingerprint") if marker.exists() else None
+        if old != fp:
+            if checkpoints(work_dir):
+                log.info("%s: checkpoints from another configuration; training starts over", work_dir)
+            shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if not marker.exists():
+        write_json_atomic(marker, {"fingerprint": fp, "config": config})
+
+
 def checkpoints(work_dir: str | Path) -> list[Path]:
     return sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
@@ -85,7 +104,12 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     if not rows:
         raise ValueError("no training examples")
     work_dir = Path(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
+    _claim_work_dir(work_dir, {
+        "objective": objective, "rows": stable_hash(rows), "role": role.model_dump(mode="json"),
+        "train": cfg.model_dump(mode="json"), "seed": seed, "init_adapter": init_adapter,
+        "init_adapter_hash": folder_hash(init_adapter) if init_adapter else None,
+        "grpo": None if grpo is None else {k: v for k, v in vars(grpo).items() if k != "reward_funcs"}
+                                          | {"rewards": [getattr(f, "__name__", type(f).__name__) for f in grpo.reward_funcs]}})
     model, tok = _model(role, models_dir, init_adapter)
     peft_config = None if init_adapter else _lora_config(cfg)
     ds = Dataset.from_list(rows)
