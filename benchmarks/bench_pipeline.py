@@ -50,7 +50,11 @@ def llama_python(install: bool) -> str | None:
         return None
     log("installing llama-cpp-python[server] into .venv-llama (compiles llama.cpp: ~9 min on 2 cores)")
     subprocess.run([sys.executable, "-m", "venv", str(LLAMA_VENV)], check=True)
-    subprocess.run([str(LLAMA_VENV / "bin/python"), "-m", "pip", "install", "-q", "llama-cpp-python[server]"], check=True)
+    # Portable AVX2 build: a native build (-march=native) enabled AMX/AVX-512 kernels that died with a
+    # general protection fault on this VM's CPU at the first multi-token prompt.
+    env = {**os.environ, "CMAKE_ARGS": "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"}
+    subprocess.run([str(LLAMA_VENV / "bin/python"), "-m", "pip", "install", "-q", "llama-cpp-python[server]"],
+                   check=True, env=env)
     return str(LLAMA_VENV / "bin/python")
 
 

@@ -164,7 +164,8 @@ def test_trained_planner_option(pipeline):
 
 
 def test_killed_generation_resumes_each_record_once(pipeline, tmp_path):
-    """kill -9 the rag stage mid-generation; rerun; same outputs as an uninterrupted run."""
+    """kill -9 the rag stage mid-generation, rerun and kill it mid-judging, rerun: every record
+    generated and judged once, the same outputs as an uninterrupted run."""
     repo = pipeline["repo"]
     params_before = (repo / "params.yaml").read_text()
     set_params(repo, **{"models.policy.batch_size": 1})  # one record per chunk: a kill lands midway
@@ -195,13 +196,33 @@ def _kill_and_resume(repo: Path, tmp_path: Path):
     done_before = len(journal.read_text().splitlines()) - 1
     assert 2 <= done_before < 6, "the stage was not interrupted midway"
     assert not (out_dir / "generations.jsonl").exists()
-    run(cmd(out_dir), cwd=repo)
+    # Second kill, while judging: the rerun generates nothing again and judges only the rest.
+    n_items = len(read_jsonl(tmp_path / "uninterrupted" / "judge_scores.jsonl"))
+    judge_journal = out_dir / "judge_scores.jsonl.partial"
+    proc = subprocess.Popen(cmd(out_dir), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        # header + the first whole chunk of 16 (judge chunk = max(16, batch_size)): the kill lands
+        # while the second chunk is scored, so the resumed run scores the same batches
+        if judge_journal.exists() and len(judge_journal.read_text().splitlines()) >= 17:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    judged_before = len(judge_journal.read_text().splitlines()) - 1
+    assert 16 <= judged_before < n_items, "the judge was not interrupted midway"
+    log_file = tmp_path / "resume.log"
+    run(cmd(out_dir) + ["--log-file", str(log_file)], cwd=repo)
+    log_text = log_file.read_text()
+    assert "rag: 6 records (6 resumed from the journal)" in log_text, log_text[-2000:]
+    assert f"judge_scores.jsonl.partial: resuming, {judged_before} records already done" in log_text, log_text[-2000:]
     resumed = read_jsonl(out_dir / "generations.jsonl")
     assert len(resumed) == 6 and len({(r["domain"], r["id"]) for r in resumed}) == 6
     ref = read_jsonl(tmp_path / "uninterrupted" / "generations.jsonl")
     strip = lambda rows: [{k: v for k, v in r.items() if k != "latency_s"} for r in rows]  # noqa: E731
     assert strip(resumed) == strip(ref)
-    assert not journal.exists()
+    assert strip(read_jsonl(out_dir / "judge_scores.jsonl")) == strip(read_jsonl(tmp_path / "uninterrupted" / "judge_scores.jsonl"))
+    assert not journal.exists() and not judge_journal.exists()
     a, b = (json.loads(Path(str(d) + ".json").read_text()) for d in (tmp_path / "uninterrupted", out_dir))
     assert a["macro"] == b["macro"] and a["domains"] == b["domains"]
 

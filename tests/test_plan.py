@@ -51,4 +51,4 @@ def test_paper_scale_is_about_a_million_judge_calls_per_iteration():
 def test_plan_cli_on_the_shipped_sample():
     out = subprocess.run([sys.executable, "-m", "personal_nlf.cli", "plan", "--judge-calls-per-s", "2"],
                          capture_output=True, text=True, check=True).stdout
-    assert "| vac@1 judge |" in out and "| **total** |" in out and "h of inference" in out
+    assert "@1 judge |" in out and "| **total** |" in out and "h of inference" in out

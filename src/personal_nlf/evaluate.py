@@ -141,7 +141,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
 
         plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=prole.batch_size, desc="plans")
         write_jsonl_atomic(out_dir / "plans.jsonl", [plans[er.key] for er in recs])
-        j.close(remove=True)
+        j.close()  # removed by evaluate_method once judged: a kill while judging regenerates nothing
 
     backend = pool.get(policy)
     sampling = sampling_for(policy, seed=params.seed)
@@ -158,7 +158,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
         lambda key, gens: _gen_record(by_key[key], policy, backend, sampling, template, prompts_by_key[key], gens[0]),
         chunk_size=policy.batch_size, desc=method)
     write_jsonl_atomic(out_dir / "generations.jsonl", [answers[er.key] for er in recs])
-    j.close(remove=True)
+    j.close()  # removed by evaluate_method once judged
     return answers, plans
 
 
@@ -266,4 +266,6 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
     finally:
         pool.close()
     write_json_atomic(metrics_path, result)
+    for name in ("plans", "generations"):  # the answer journals are no longer needed
+        (out_dir / f"{name}.jsonl.partial").unlink(missing_ok=True)
     return result

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,7 +84,7 @@ def _claim_work_dir(work_dir: Path, config: dict[str, Any]) -> None:
         if old != fp:
             if checkpoints(work_dir):
                 log.info("%s: checkpoints from another configuration; training starts over", work_dir)
-            shutil.rmtree(work_dir)
+            shutil.rmtree(work_dir, ignore_errors=True)  # (under accelerate every process checks)
     work_dir.mkdir(parents=True, exist_ok=True)
     if not marker.exists():
         write_json_atomic(marker, {"fingerprint": fp, "config": config})
@@ -113,6 +114,10 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     model, tok = _model(role, models_dir, init_adapter)
     peft_config = None if init_adapter else _lora_config(cfg)
     ds = Dataset.from_list(rows)
+    if "mlflow" in (report_to or []):
+        # The trainer's params (its own seed among them) go to a run nested under the stage's run:
+        # logged into the stage's run they clash with its `seed` and MLflow rejects them.
+        os.environ["MLFLOW_NESTED_RUN"] = "TRUE"
     args = _common_args(cfg, work_dir, seed, report_to or [])
     if objective == "sft":
         from trl import SFTConfig, SFTTrainer
