@@ -204,8 +204,8 @@ def bench_dvc(args):
     tmp = Path(tempfile.mkdtemp(prefix="bench_dvc_"))
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.splitlines()
-    for f in files:
-        if (REPO / f).is_file():
+    for f in files:  # source and params only: pipeline outputs are what the run produces
+        if (REPO / f).is_file() and not f.startswith(("outputs/", "models/", "metrics/", "exports/", "logs/")):
             (tmp / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, tmp / f)
     params = yaml.safe_load((tmp / "params.yaml").read_text())
