@@ -194,7 +194,7 @@ MICRO = {"data.domains": ["Art_and_Entertainment"], "data.max_records_per_split"
          "models.policy.max_new_tokens": 8, "models.planner.max_new_tokens": 8, "models.feedback.max_new_tokens": 8,
          "baselines.bootstrap_samples": 100, "nlf.iterations": {"1": {"prev": "0"}}, "nlf.n_feedback": 2,
          "nlf.max_train_records_per_domain": 1, "train.max_steps": 1, "train.save_steps": 1,
-         "train.per_device_batch_size": 1, "train.gradient_accumulation_steps": 1, "train.max_length": 256,
+         "train.per_device_batch_size": 1, "train.gradient_accumulation_steps": 1,
          "train.select_on_validation": False}
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import RoleConfig, TrainConfig
+from .config import ConfigError, RoleConfig, TrainConfig
 from .io import stable_hash, write_json_atomic
 from .models import folder_hash
 from .llm.base import Messages
@@ -143,6 +143,12 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
                             log_completions=False))  # completions may quote profiles: never logged
     else:
         raise ValueError(f"unknown objective {objective!r}")
+    kept = len(trainer.train_dataset)
+    if kept == 0:  # otherwise the trainer dies deep in its sampler ("num_samples=0")
+        raise ConfigError(f"{objective}: none of the {len(rows)} training examples is left after the trainer's "
+                          f"preprocessing (train.max_length={cfg.max_length} tokens); raise train.max_length")
+    if kept < len(rows):
+        log.warning("%s: the trainer dropped %d of %d training examples in preprocessing", objective, len(rows) - kept, len(rows))
     resume = _last_checkpoint(work_dir)
     if resume:
         log.info("resuming training from %s", resume)
