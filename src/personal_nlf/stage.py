@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from . import stage_params
 from .config import ConfigError, Params, load_params
 from .data import DataError
 from .models import ModelError
@@ -102,6 +103,8 @@ def run(main: Callable[[argparse.Namespace, Params], None], p: argparse.Argument
     try:
         params = load_params(args.params)
         seed_everything(params.seed)
+        if os.environ.get("PERSONAL_NLF_PARAMS_GUARD") == "1":  # reading an undeclared key raises
+            params = stage_params.guard(params, stage_params.reads(sys.argv, params.mode))
         main(args, params)
     except USER_ERRORS + (StageError,) as e:
         if file_handler:  # the one-line error goes to the log too, not twice to the terminal

@@ -1,0 +1,181 @@
+"""dvc.yaml tells DVC the truth: each stage's deps list the files of its script's import closure
+within src/personal_nlf (lazy imports inside functions included), and its params are exactly
+what src/personal_nlf/stage_params.py says the stage reads. Stages come from DVC's own parser,
+once per `mode`, so foreach and `${...}` templating expand exactly as `dvc repro` expands them."""
+
+from __future__ import annotations
+
+import ast
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from personal_nlf import stage_params
+from personal_nlf.config import load_params
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+PKG = "personal_nlf"
+# Deps that are data, models or results, not code: not part of this check.
+DATA_PREFIXES = ("data", "models/", "outputs/", "metrics/", "exports")
+
+
+def module_file(name: str) -> Path | None:
+    base = SRC / Path(*name.split("."))
+    for f in (base / "__init__.py", base.with_suffix(".py")):
+        if f.is_file():
+            return f
+    return None
+
+
+def imported_modules(file: Path, module: str) -> set[str]:
+    """Modules of personal_nlf that `file` (module `module`) imports anywhere in its body."""
+    package = module if file.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from . / .. / .x import y
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            found.add(base)
+            found |= {f"{base}.{a.name}" for a in node.names}  # kept below only if a module
+    return {m for m in found if m.split(".")[0] == PKG and module_file(m)}
+
+
+def closure(script: Path, extra: set[str] = frozenset()) -> set[str]:
+    """Repo-relative files run by `python script`: its own file, every personal_nlf module it
+    imports transitively, and the packages (__init__.py) those live in."""
+    todo = imported_modules(script, "__main__") | set(extra)
+    seen: set[str] = set()
+    while todo:
+        m = todo.pop()
+        if m in seen:
+            continue
+        seen.add(m)
+        parents = {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)}
+        todo |= parents | imported_modules(module_file(m), m)
+    return {str(script.relative_to(ROOT))} | {str(module_file(m).relative_to(ROOT)) for m in seen}
+
+
+def dynamic_imports(argv: list[str], mode: str) -> set[str]:
+    # modes.get() imports the loop by name (importlib): the loop is --loop, else params `mode`.
+    if Path(argv[0]).stem == "iteration" and "--step" in argv:
+        loop = argv[argv.index("--loop") + 1] if "--loop" in argv else mode
+        return {f"{PKG}.modes.{loop}"}
+    return set()
+
+
+def dvc_stages(mode: str, tmp_path: Path) -> list[tuple[str, list[str], list[str], list[str]]]:
+    """(name, argv, deps, params) of every stage, with params `mode` set to `mode`."""
+    from dvc.repo import Repo
+
+    work = tmp_path / mode
+    (work / ".dvc").mkdir(parents=True)
+    shutil.copy(ROOT / "dvc.yaml", work)
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    (work / "params.yaml").write_text(yaml.safe_dump({**raw, "mode": mode}))
+    out = []
+    for s in Repo(str(work), uninitialized=True).index.stages:
+        deps = [d.def_path for d in s.deps if not hasattr(d, "params")]
+        params = [k for d in s.deps if hasattr(d, "params") for k in d.params]
+        out.append((s.name, shlex.split(s.cmd)[1:], deps, params))
+    return out
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dvc")
+    return {mode: dvc_stages(mode, tmp) for mode in stage_params.MODES}
+
+
+def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
+    # iteration.py -> modes (package) -> ..config; evaluate imports llm, whose hf backend is lazy.
+    files = closure(ROOT / "stages" / "iteration.py", {f"{PKG}.modes.nlf"})
+    for f in ("src/personal_nlf/__init__.py", "src/personal_nlf/modes/__init__.py", "src/personal_nlf/modes/nlf.py",
+              "src/personal_nlf/config.py", "src/personal_nlf/llm/__init__.py", "src/personal_nlf/llm/hf.py"):
+        assert f in files
+    assert "src/personal_nlf/modes/summary.py" not in files
+
+
+def code_deps(stages) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
+    """(mode, stage) -> (the closure it needs, its code deps in dvc.yaml)."""
+    return {(mode, name): (closure(ROOT / argv[0], dynamic_imports(argv, mode)),
+                           {d for d in deps if not d.startswith(DATA_PREFIXES)})
+            for mode, listed in stages.items() for name, argv, deps, _ in listed if argv[0].startswith("stages/")}
+
+
+def test_deps_cover_the_import_closure_and_nothing_else(stages):
+    found = code_deps(stages)
+    # A `${mode}` stage's deps cannot vary with mode beyond modes/${mode}.py: any mode's need is fine.
+    union: dict[str, set[str]] = {}
+    for (mode, name), (need, _) in found.items():
+        union.setdefault(name, set()).update(need)
+    problems = set()
+    for (mode, name), (need, listed) in found.items():
+        problems |= {f"{name} (mode={mode}): missing dep {f}" for f in need - listed}
+        problems |= {f"{name}: dep {f} is not imported (a folder? list its files)" for f in listed - union[name]}
+    assert not problems, "dvc.yaml deps differ from the import closure:\n" + "\n".join(sorted(problems))
+
+
+def test_params_are_what_each_stage_reads(stages):
+    problems = set()
+    for mode, listed in stages.items():
+        for name, argv, _, params in listed:
+            if not argv[0].startswith("stages/"):
+                continue
+            want = stage_params.declared_union(argv)
+            problems |= {f"{name} (mode={mode}): declares {k} but never reads it" for k in set(params) - want}
+            problems |= {f"{name} (mode={mode}): reads {k} but does not declare it" for k in want - set(params)}
+    assert not problems, "dvc.yaml params differ from stage_params.reads:\n" + "\n".join(sorted(problems))
+
+
+def test_vac_reads_nothing_of_summary_mode():
+    argv = ["stages/iteration.py", "--step", "rollout", "--t", "1"]
+    assert not stage_params.reads(argv, "nlf") & {"summary", "models.summarizer", "models.generator"}
+    assert "summary" in stage_params.reads(argv, "summary")
+
+
+def test_guard_passes_declared_keys_and_raises_on_others():
+    params = load_params(ROOT / "params.yaml")
+    g = stage_params.guard(params, {"seed", "models.policy", "nlf.iterations.1", "data.domains"})
+    assert g.seed == params.seed
+    assert g.models.policy == params.models.policy
+    assert g.nlf.iterations["1"] == params.nlf.iterations["1"]
+    assert "2" in g.nlf.iterations  # which iterations exist is the foreach, not a value
+    assert g.tracking == params.tracking  # MLflow only: never a DVC param
+    for read in (lambda: g.summary, lambda: g.models.summarizer, lambda: g.nlf.iterations["2"],
+                 lambda: g.nlf.n_feedback, lambda: g.data.source, lambda: g.models.judge):
+        with pytest.raises(stage_params.UndeclaredParamError, match="does not declare"):
+            read()
+    # What a stage may log: the declared part only.
+    assert g.models.model_dump() == {"policy": params.models.policy.model_dump()}
+    assert g.data.model_dump() == {"domains": params.data.domains}
+
+
+def test_every_stage_script_has_an_entry():
+    for script in sorted((ROOT / "stages").glob("*.py")):
+        try:
+            stage_params.reads([f"stages/{script.name}", "--step", "init", "--method", "rag"], "nlf")
+        except KeyError as e:
+            pytest.fail(str(e))
+
+
+def test_stage_run_applies_the_guard_when_asked(monkeypatch, tmp_path):
+    from personal_nlf import stage
+
+    seen = []
+    argv = ["stages/prepare.py", "--params", str(ROOT / "params.yaml"), "--log-file", str(tmp_path / "log")]
+    monkeypatch.setattr("sys.argv", argv)
+    monkeypatch.setenv("PERSONAL_NLF_PARAMS_GUARD", "1")
+    stage.run(lambda args, params: seen.append(params.data.source), stage.parser("t"))  # prepare reads data
+    with pytest.raises(stage_params.UndeclaredParamError, match="'seed'"):
+        stage.run(lambda args, params: params.seed, stage.parser("t"))
+    monkeypatch.delenv("PERSONAL_NLF_PARAMS_GUARD")
+    stage.run(lambda args, params: seen.append(params.seed), stage.parser("t"))
+    assert seen == ["data/sample", 42]
