@@ -63,9 +63,14 @@ def score_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role
 
 
 def _logprob(chunk: list[JudgeItem], backend: Backend) -> list[dict[str, Any]]:
+    from .llm.hf import label_mass
+
     lps = backend.choice_logprobs([it.messages() for it in chunk], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
+    # "probs" holds the raw log-probs; label_mass is how much probability the judge put on any
+    # label before the score renormalized over them (see label_mass_summary).
     return [{"score": expected_score(lp), "outcome": "logprob", "attempts": 1,
-             "probs": {c: round(v, 6) for c, v in lp.items()}} for lp in lps]
+             "probs": {c: round(v, 6) for c, v in lp.items()}, "label_mass": round(label_mass(lp), 6)}
+            for lp in lps]
 
 
 def _generate(chunk: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role: RoleConfig, seed: int):
@@ -97,3 +102,24 @@ def _generate(chunk: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role: 
 def outcome_counts(results: list[dict[str, Any]]) -> dict[str, int]:
     """How many aspects ended in each outcome (ok, ok_with_prose, logprob, failed:<reason>)."""
     return dict(sorted(Counter(r["outcome"] for r in results).items()))
+
+
+# A judge whose mean probability on the labels is below one half more often wants to write
+# something other than 0/1/2 than a label: its renormalized expected score then says more about
+# the renormalization than about the answer, so the report flags it as "not answering".
+LABEL_MASS_THRESHOLD = 0.5
+
+
+def label_mass_summary(rows: list[dict[str, Any]], threshold: float = LABEL_MASS_THRESHOLD) -> dict[str, Any] | None:
+    """Probability mass the logprob judge put on the labels, over the per-aspect rows: mean, min,
+    share of aspects below `threshold`. None when no row comes from the logprob method. Rows
+    written before label_mass was stored get it from their raw log-probs ("probs")."""
+    from .llm.hf import label_mass
+
+    masses = [float(r["label_mass"]) if "label_mass" in r else label_mass(r["probs"])
+              for r in rows if r.get("outcome") == "logprob"]
+    if not masses:
+        return None
+    return {"mean": round(sum(masses) / len(masses), 4), "min": round(min(masses), 4),
+            "share_below_threshold": round(sum(m < threshold for m in masses) / len(masses), 4),
+            "threshold": threshold, "n": len(masses)}

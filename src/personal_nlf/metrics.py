@@ -3,6 +3,7 @@ headline is the macro mean over domains. Bootstrap CIs and paired tests resample
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -17,7 +18,8 @@ def question_scores(aspect_rows: list[dict[str, Any]]) -> QuestionScores:
     by_q: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in aspect_rows:
         by_q[(r["domain"], r["id"])].append(float(r["score"]))
-    return {k: sum(v) / (2 * len(v)) for k, v in by_q.items()}
+    # fsum: exactly rounded, so a score does not depend on the order the rows arrive in.
+    return {k: math.fsum(v) / (2 * len(v)) for k, v in by_q.items()}
 
 
 def _by_domain(qs: QuestionScores) -> dict[str, np.ndarray]:
@@ -65,3 +67,55 @@ def paired_test(a: QuestionScores, b: QuestionScores, n_perm: int = 10000, seed:
     stats /= len(doms)
     p = float((np.sum(np.abs(stats) >= abs(observed) - 1e-12) + 1) / (n_perm + 1))
     return {"n": len(keys), "diff": round(observed, 4), "p_value": round(p, 4)}
+
+
+def _t(diff: float, var_of_mean: float, df: float) -> dict[str, Any]:
+    """Two-sided t-test of a mean difference, given its squared standard error and df."""
+    from scipy import stats
+
+    if var_of_mean <= 1e-18:  # every question moved by the same amount: no spread to test against
+        return {"t": None, "df": df, "p_value": 1.0 if diff == 0 else 0.0}
+    t = diff / math.sqrt(var_of_mean)
+    return {"t": round(t, 4), "df": round(df, 2), "p_value": round(float(2 * stats.t.sf(abs(t), df)), 4)}
+
+
+def paired_t_test(a: QuestionScores, b: QuestionScores) -> dict[str, Any]:
+    """Paired t-test of a - b on the questions both scored, per domain and for the macro score.
+
+    Per domain: the usual paired t-test (scipy.stats.ttest_rel) on per-question scores. Macro: the
+    macro difference (mean over D domains of per-domain mean differences) over its standard error
+    sqrt(sum_d s_d^2 / n_d) / D, with Welch-Satterthwaite degrees of freedom; the domains are
+    independent strata, and with one domain this is the ordinary paired t-test. A domain with
+    fewer than 2 questions gets p None (and so does the macro)."""
+    keys = sorted(set(a) & set(b))
+    doms = sorted({d for d, _ in keys})
+    diffs = {d: np.array([a[k] - b[k] for k in keys if k[0] == d]) for d in doms}
+    out: dict[str, Any] = {"domains": {}, "macro": None}
+    for d, v in diffs.items():
+        row = {"n": len(v), "diff": round(float(v.mean()), 4)}
+        row.update(_t(float(v.mean()), float(v.var(ddof=1)) / len(v), len(v) - 1) if len(v) > 1
+                   else {"t": None, "df": None, "p_value": None})
+        out["domains"][d] = row
+    if doms:
+        macro = float(np.mean([v.mean() for v in diffs.values()]))
+        if all(len(v) > 1 for v in diffs.values()):
+            se2 = {d: float(v.var(ddof=1)) / len(v) for d, v in diffs.items()}
+            total = sum(se2.values())
+            denom = sum(se2[d] ** 2 / (len(v) - 1) for d, v in diffs.items())
+            df = total ** 2 / denom if denom > 0 else float(sum(len(v) - 1 for v in diffs.values()))
+            out["macro"] = {"diff": round(macro, 4), **_t(macro, total / len(doms) ** 2, df)}
+        else:
+            out["macro"] = {"diff": round(macro, 4), "t": None, "df": None, "p_value": None}
+    return out
+
+
+def holm(p_values: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of one family of p-values (None = not tested, left out of the
+    count). Controls the family-wise error rate without assuming independence."""
+    idx = sorted((i for i, p in enumerate(p_values) if p is not None), key=lambda i: (p_values[i], i))
+    out: list[float | None] = [None] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * p_values[i]))  # monotone in the p order
+        out[i] = round(running, 4)
+    return out

