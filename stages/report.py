@@ -44,6 +44,9 @@ def main(args, params):
                                       **{report.SHORT.get(d, d): v for d, v in r["domains"].items()}}
                                      for r in rep["table"] if loop_rows.get(r["method"], ("",))[0] == name])
         run.log_metrics({f"macro.{r['method']}": r["macro"] for r in rep["table"]})
+        # Logprob judge: mean probability on the labels (the report flags a judge below threshold).
+        run.log_metrics({f"label_mass.{r['method']}": r["judge_label_mass"]["mean"]
+                         for r in rep["table"] if r.get("judge_label_mass")})
         run.log_artifact(args.markdown)
         print(open(args.markdown).read())
 
