@@ -116,8 +116,8 @@ def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
         lm = flagged[0]["judge_label_mass"]
         names = ", ".join("`" + r["method"] + "`" for r in flagged)
         lines += ["", f"**⚠ Judge not answering** for {names}: its mean "
-                  f"probability on the labels is below {lm['threshold']:.2f}, so these scores are mostly the "
-                  "renormalization of a judge that wanted to write something else. " + "; ".join(
+                  f"probability on the labels is below {lm['threshold']:.2f}: most of its next-token probability "
+                  "goes to something other than 0/1/2, and its scores are that small remainder renormalized. " + "; ".join(
                       f"{r['method']}: mean {r['judge_label_mass']['mean']:.3f}, min {r['judge_label_mass']['min']:.3f}, "
                       f"{100 * r['judge_label_mass']['share_below_threshold']:.0f}% of aspects below"
                       for r in flagged) + "."]
@@ -126,7 +126,7 @@ def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
               "difference (domains as strata), on per-question scores. *Holm*: adjusted over all comparisons "
               "in this table, separately for each column. The best baseline is the highest macro among "
               f"{', '.join(BASELINES)} (the final offline-RL iteration), as in the paper's Table 2.", "",
-              "| A | B | n | macro(A) − macro(B) | perm. p | perm. p (Holm) | t p | t p (Holm) | per-domain t p (Holm) |",
+              "| A | B | n | macro(A) − macro(B) | perm. p | perm. p (Holm) | t p | t p (Holm) | per-domain t p, raw (Holm) |",
               "|---|---|---|---|---|---|---|---|---|"]
     for t in rep["paired_tests"]:
         tt = t.get("t_test") or {}
