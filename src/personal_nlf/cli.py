@@ -207,14 +207,43 @@ def cmd_plan(args) -> int:
     from .config import load_params
 
     params = load_params(args.params)
-    counts = plan.counts_lamp_qa(params) if args.scale == "lamp-qa" else plan.counts_from_data(params)
+    scale = args.scale
+    if scale == "auto":  # counting a hub dataset would download it: use its published sizes
+        scale = "lamp-qa" if params.data.source == "alireza7/LaMP-QA" and not Path(params.data.source).exists() else "data"
+    counts = plan.counts_lamp_qa(params) if scale == "lamp-qa" else plan.counts_from_data(params)
     est = plan.estimate(params, counts)
+    rates = (args.judge_calls_per_s, args.generations_per_s, args.train_s_per_step)
+    gpu = None
+    if args.gpus:
+        overrides = {}
+        for item in args.model_config:
+            ref, sep, path = item.rpartition("=")
+            if not sep or not ref:
+                raise CliError(f"--model-config {item!r}: expected MODEL=PATH (a config.json or its folder)")
+            overrides[ref] = path
+        gpu = plan.gpu_plan(params, args.gpus, args.gpu_memory_gb, args.models_dir, overrides, args.kv_seqs)
     if args.json:
-        print(json.dumps(plan.as_dict(est), indent=1))
+        out = plan.as_dict(est)
+        if gpu is not None:
+            out["gpu"] = [{"stage": pp.phase.stage, "phase": pp.phase.what, "gpu0_gib": round(pp.gpu0, 2),
+                           "failure": pp.failure,
+                           "models": [{"role": n.load.role, "model": n.load.model, "backend": n.load.backend, "tp": n.tp,
+                                       "weights_gib": round(n.weights, 2), "kv_gib": round(n.kv, 2),
+                                       "train_gib": round(n.train, 2), "note": n.note} for n in pp.needs]}
+                          for pp in gpu]
+        print(json.dumps(out, indent=1))
     else:
-        source = "LaMP-QA's published sizes" if args.scale == "lamp-qa" else params.data.source
+        source = "LaMP-QA's published sizes" if scale == "lamp-qa" else params.data.source
         print(f"plan for {args.params} (mode {params.mode}, {len(params.nlf.iterations)} iterations, data: {source})")
-        print(plan.render(est, args.judge_calls_per_s, args.generations_per_s))
+        print(plan.render(est, *rates))
+        if gpu is not None:
+            row_hours = ({r.stage: plan.hours(r, *rates) for r in est.rows} if any(rates) else None)
+            print()
+            print(plan.render_gpu(gpu, args.gpus, args.gpu_memory_gb, row_hours))
+    failed = [pp.failure for pp in gpu or [] if pp.failure]
+    if failed:
+        print(f"does not fit: {failed[0]}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -268,15 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--params", default="params.yaml", help="judge settings (with --judge)")
     a.add_argument("--models-dir", default="models/embedded", help="where embedded judge models live")
     a.set_defaults(func=cmd_apply)
-    pl = sub.add_parser("plan", help="model calls per stage for the current params (size a run before starting it)",
+    pl = sub.add_parser("plan", help="model calls, GPU memory and hours per stage (size a run before starting it)",
                         description="Count the generations, judge calls and training steps every stage of "
                                     "`dvc repro` will make with these params, from the data's record and rubric "
-                                    "counts (or LaMP-QA's published sizes with --scale lamp-qa).")
+                                    "counts (or LaMP-QA's published sizes with --scale lamp-qa). With --gpus: the "
+                                    "models each stage holds at once, their weights, KV cache and training memory "
+                                    "per GPU; exit 1 naming the first stage and role that cannot fit.")
     pl.add_argument("--params", default="params.yaml")
-    pl.add_argument("--scale", choices=["data", "lamp-qa"], default="data",
-                    help="data: count data.source (after the caps); lamp-qa: the full benchmark's sizes")
-    pl.add_argument("--judge-calls-per-s", type=float, default=None, help="measured judge throughput, for a time estimate")
+    pl.add_argument("--scale", choices=["auto", "data", "lamp-qa"], default="auto",
+                    help="data: count data.source (after the caps); lamp-qa: the full benchmark's sizes; "
+                         "auto (default): lamp-qa when data.source is the hub's alireza7/LaMP-QA, else data")
+    pl.add_argument("--judge-calls-per-s", type=float, default=None, help="measured judge throughput, for hours")
     pl.add_argument("--generations-per-s", type=float, default=None, help="measured generation throughput")
+    pl.add_argument("--train-s-per-step", type=float, default=None, help="measured seconds per optimizer step")
+    pl.add_argument("--gpus", type=int, default=None, help="check GPU memory on this many GPUs")
+    pl.add_argument("--gpu-memory-gb", type=float, default=80.0, help="memory per GPU in GiB (default 80)")
+    pl.add_argument("--models-dir", default="models/embedded", help="where embedded models are materialized")
+    pl.add_argument("--model-config", action="append", default=[], metavar="MODEL=PATH",
+                    help="size a model from this config.json (or folder), e.g. a hub model not in plan's table")
+    pl.add_argument("--kv-seqs", type=int, default=None,
+                    help="hf backend: sequences whose KV cache is held at once (default: the role's batch_size)")
     pl.add_argument("--json", action="store_true")
     pl.set_defaults(func=cmd_plan)
     return p
