@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 EMBEDDED_PREFIX = "embedded:"
@@ -94,16 +97,68 @@ def materialize(name: str, out_dir: str | Path, save_dtype: str = "float32", log
     return out
 
 
-def folder_hash(path: str | Path, n: int = 16) -> str:
-    """Content hash of a model/adapter folder (file names and bytes), for provenance records."""
-    path = Path(path)
-    if not path.exists():
-        return "unavailable"
+# Content hashes of model folders are cached: hashing a 32B model reads ~65 GB (tens of seconds),
+# and every stage asks several times. Key = absolute path + (name, size, mtime, ctime, inode) of
+# every file, so any change to a file makes a new key; a stale hash cannot be returned.
+_HASH_MEMO: dict[str, str] = {}
+# Files modified this recently are not cached: a second write within the filesystem's timestamp
+# granularity could leave size and mtime unchanged ("racy git").
+_RACY_NS = 2_000_000_000
+
+
+def hash_cache_dir() -> Path:
+    """Cross-process hash cache: $PERSONAL_NLF_CACHE_DIR, else $XDG_CACHE_HOME/personal_nlf, else
+    ~/.cache/personal_nlf (never inside the model folder, which may be read-only or DVC-tracked)."""
+    env = os.environ.get("PERSONAL_NLF_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "personal_nlf"
+
+
+def _files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+
+
+def _hash_files(path: Path, files: list[Path]) -> str:
+    """sha256 over relative names and bytes (the expensive part)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     for p in files:
         h.update(str(p.relative_to(path.parent if path.is_file() else path)).encode())
         with p.open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
-    return h.hexdigest()[:n]
+    return h.hexdigest()
+
+
+def folder_hash(path: str | Path, n: int = 16) -> str:
+    """Content hash of a model/adapter folder (file names and bytes), for provenance records.
+    Computed once per folder state; cached in-process and in hash_cache_dir()."""
+    path = Path(path)
+    if not path.exists():
+        return "unavailable"
+    root = path.resolve()
+    files = _files(path)
+    stats = [(p.stat(), str(p.relative_to(path.parent if path.is_file() else path))) for p in files]
+    key = hashlib.sha256(json.dumps([str(root)] + [[name, s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino]
+                                                  for s, name in stats]).encode()).hexdigest()
+    if key in _HASH_MEMO:
+        return _HASH_MEMO[key][:n]
+    entry = hash_cache_dir() / "folder_hash" / f"{hashlib.sha256(str(root).encode()).hexdigest()[:32]}.json"
+    try:
+        cached = json.loads(entry.read_text())
+        if cached.get("key") == key:
+            _HASH_MEMO[key] = cached["hash"]
+            return cached["hash"][:n]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass  # no entry, or unreadable: hash below
+    digest = _hash_files(path, files)
+    if all(s.st_mtime_ns < time.time_ns() - _RACY_NS for s, _ in stats):
+        _HASH_MEMO[key] = digest
+        try:  # one entry per folder, overwritten when the folder changes
+            from .io import write_json_atomic
+
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(entry, {"path": str(root), "key": key, "hash": digest})
+        except OSError:
+            pass  # a read-only cache only costs a rehash in the next process
+    return digest[:n]

@@ -4,6 +4,7 @@ padding, chat templates, optional PEFT adapter, seeded sampling, next-token log-
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,16 +15,31 @@ from ..config import RoleConfig
 from .base import Backend, BackendError, Generation, Messages, Sampling, render_plain
 
 
+def local_rank() -> int | None:
+    """This process's rank on its machine under torchrun / accelerate launch (None: not launched so)."""
+    rank = os.environ.get("LOCAL_RANK", "")
+    return int(rank) if rank.strip() else None
+
+
+def resolve_device(device: str, n_cuda: int, rank: int | None, mps: bool = False) -> str:
+    """Where a process puts its model. Under torchrun/accelerate each rank owns one GPU,
+    cuda:<LOCAL_RANK> (a bare "cuda" would put every rank on cuda:0); modulo the visible GPUs for
+    launchers that show each rank only its own. An explicit index or "cpu" is kept as given."""
+    if device not in ("auto", "cuda"):
+        return device
+    if n_cuda > 0:
+        return "cuda" if rank is None else f"cuda:{rank % n_cuda}"
+    if device == "cuda":
+        return device  # asked for, not there: let torch say so
+    return "mps" if mps else "cpu"
+
+
 def pick_device(device: str) -> str:
     import torch
 
-    if device != "auto":
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    n_cuda = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    return resolve_device(device, n_cuda, local_rank(), mps)
 
 
 def pick_dtype(dtype: str, device: str):
@@ -33,6 +49,15 @@ def pick_dtype(dtype: str, device: str):
         # bf16 on accelerators; fp32 on CPU (bf16 matmuls are ~10x slower on this kind of CPU).
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return getattr(torch, dtype)
+
+
+def train_dtype(role_dtype: str, cuda: bool, bf16_ok: bool) -> str:
+    """Weights dtype for LoRA training. auto: bf16 on a GPU that supports it (half the memory of
+    fp32; the LoRA weights themselves stay fp32 in PEFT), else fp32 (CPU: bf16 is ~10x slower;
+    fp16 base weights are not a safe training default). An explicit dtype wins."""
+    if role_dtype != "auto":
+        return role_dtype
+    return "bfloat16" if cuda and bf16_ok else "float32"
 
 
 def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="auto", adapter: str | None = None,
