@@ -145,6 +145,13 @@ class NlfConfig(Section):
         default_factory=lambda: {"1": IterationConfig(prev="0"), "2": IterationConfig(prev="1")})
     n_feedback: int = Field(default=4, ge=1)  # N feedbacks sampled per answer
     train_feedback: bool = True  # false = frozen feedback model (ablation)
+    # phi's training target per record. best: the feedback whose revision the judge scored highest
+    # (Algorithm 1); improved_only: only if that revision also beats the initial answer. Records
+    # whose N revisions all tie are dropped under both (the judge preferred no feedback).
+    feedback_target: Literal["best", "improved_only"] = "best"
+    # Temperature of the one feedback phi(t) writes per answer for policy training: an inference
+    # setting (the paper: 0.1), not the N-sample temperature. None = models.policy.temperature.
+    policy_feedback_temperature: float | None = Field(default=None, ge=0)
     # Train records used by the loop per domain (None = all): keeps CPU runs short.
     max_train_records_per_domain: int | None = Field(default=None, ge=1)
 

@@ -8,8 +8,10 @@ Per iteration t (starting from iteration prev = t-1):
   judge           the judge scores the initial answer and every revision on the record's rubric;
                   the feedback whose revision scores highest is phi(t)'s target
   train_feedback  LoRA SFT of phi on (feedback prompt -> chosen feedback)   [nlf.train_feedback]
-  train_policy    phi(t) writes one feedback per answer, pi(t-1) revises; LoRA SFT on
-                  (RAG prompt -> revision) or DPO (revision > initial); the checkpoint with the
+                  (which targets count: nlf.feedback_target; all-tied records have none)
+  train_policy    phi(t) writes one feedback per answer at the inference temperature, pi(t-1)
+                  revises; LoRA SFT on (RAG prompt -> revision) or DPO (revision > initial, as
+                  judged); empty or unformatted revisions are dropped; the checkpoint with the
                   best validation judge score becomes pi(t)
   evaluate        pi(t) answers alone (RAG prompt, no feedback) on the test split; judged
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 
 from .. import evaluate, prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
@@ -27,6 +30,10 @@ from .loop import (by_key, evaluate_policy, fit_last, fit_policy, judge_candidat
                    train_records)
 
 log = logging.getLogger("personal_nlf")
+
+# prompts.parse_answer outcomes a revision may have to become a training target: "raw" (no
+# answer JSON: chatter, an echoed prompt) and "empty" would teach the policy to write that.
+USABLE_REVISION = ("json", "json_partial")
 
 
 # ---------------------------------------------------------------- steps
@@ -129,13 +136,32 @@ def train_feedback(ctx: IterationContext) -> dict:
         return {"frozen": 1}
     recs = {er.key: er for er in train_records(ctx)}
     answers = by_key(read_jsonl(ctx.dir("rollout") / "answers.jsonl"))
-    rows = []
+    rows, dropped = [], Counter()
     for s in read_jsonl(ctx.dir("judge") / "selection.jsonl"):
+        why = feedback_target_dropped(s, ctx.params.nlf.feedback_target, ctx.params.nlf.n_feedback)
+        if why:
+            dropped[why] += 1
+            continue
         er = recs[s["key"]]
-        if s["feedback"]:
-            rows.append(training.sft_row(prompts.feedback(er.record.question, er.own, er.record.narrative,
-                                                          answers[er.key]["answer"]), s["feedback"]))
-    return fit_last(ctx, "train_feedback", "sft", rows, "feedback", ctx.adapter("feedback"), out)
+        rows.append(training.sft_row(prompts.feedback(er.record.question, er.own, er.record.narrative,
+                                                      answers[er.key]["answer"]), s["feedback"]))
+    counts = {"rule": ctx.params.nlf.feedback_target, "targets": len(rows),
+              **{f"dropped_{k}": v for k, v in sorted(dropped.items())}}
+    write_json_atomic(out / "targets.json", counts)
+    return {**fit_last(ctx, "train_feedback", "sft", rows, "feedback", ctx.adapter("feedback"), out),
+            **{k: v for k, v in counts.items() if k != "rule"}}
+
+
+def feedback_target_dropped(sel: dict, rule: str, n_feedback: int) -> str | None:
+    """Why a judge selection gives phi no target (None: it does). All-tied revisions (N > 1)
+    mean the judge preferred no feedback, so the pick would be arbitrary."""
+    if n_feedback > 1 and sel["all_equal"]:
+        return "all_tied"
+    if rule == "improved_only" and not sel["improved"]:
+        return "not_improved"
+    if not sel["feedback"]:
+        return "empty_feedback"
+    return None
 
 
 def train_policy(ctx: IterationContext) -> dict:
@@ -147,26 +173,56 @@ def train_policy(ctx: IterationContext) -> dict:
     phi_t = json.loads((ctx.dir("train_feedback") / "state.json").read_text())["adapter"]
     items = [(er.key, prompts.feedback(er.record.question, er.own, er.record.narrative, answers[er.key]["answer"]))
              for er in recs]
-    fb = run_role(ctx, pool, "feedback", phi_t, items, "train_policy", "feedback")
+    # One feedback, written as at inference (the N-sample temperature is for exploring in `signal`).
+    temp = ctx.params.nlf.policy_feedback_temperature
+    temp = ctx.params.models.policy.temperature if temp is None else temp
+    fb = run_role(ctx, pool, "feedback", phi_t, items, "train_policy", "feedback", temperature=temp)
     fb_rows = [{"key": er.key, "j": 0, "feedback": fb[er.key]["texts"][0].strip()} for er in recs]
     revised = by_key(_revise(ctx, pool, recs, answers, fb_rows, "train_policy", ctx.adapter("policy")))
     pool.close()
+    objective = ctx.train_config().objective
     data = []
     for er in recs:
         # The policy's training examples: the RAG prompt (question + profile only, no narrative,
         # no rubric) and the revised answer in the answer format the prompt asks for.
+        rev = revised[er.key]
         prompt = prompts.rag(er.record.question, er.own)
-        target = json.dumps({"personalized_answer": revised[er.key]["answer"]}, ensure_ascii=False)
+        target = json.dumps({"personalized_answer": rev["answer"]}, ensure_ascii=False)
         initial = json.dumps({"personalized_answer": answers[er.key]["answer"]}, ensure_ascii=False)
+        dropped = None
+        if rev["parse_outcome"] not in USABLE_REVISION:
+            dropped = f"revision_{rev['parse_outcome']}"
+        elif objective == "dpo" and target == initial:
+            dropped = "revision_same_as_initial"
         data.append({"key": er.key, "prompt": prompt, "revised": target, "initial": initial,
-                     "feedback": revised[er.key]["feedback"]})
+                     "feedback": rev["feedback"], "parse_outcome": rev["parse_outcome"], "dropped": dropped})
+    if objective == "dpo":
+        # DPO's pair says revised > initial: keep it only where the judge agrees.
+        _judge_pairs(ctx, recs, [d for d in data if not d["dropped"]], revised, out)
     write_jsonl_atomic(out / "policy_data.jsonl", data)
-    objective = ctx.train_config().objective
+    kept = [d for d in data if not d["dropped"]]
+    counts = {"targets": len(kept), **{f"dropped_{k}": v for k, v in sorted(Counter(
+        d["dropped"] for d in data if d["dropped"]).items())}}
+    write_json_atomic(out / "targets.json", counts)
     if objective == "sft":
-        rows = [training.sft_row(d["prompt"], d["revised"]) for d in data]
+        rows = [training.sft_row(d["prompt"], d["revised"]) for d in kept]
     else:
-        rows = [training.dpo_row(d["prompt"], d["revised"], d["initial"]) for d in data if d["revised"] != d["initial"]]
-    return fit_policy(ctx, objective, rows, out)
+        rows = [training.dpo_row(d["prompt"], d["revised"], d["initial"]) for d in kept]
+    return {**fit_policy(ctx, objective, rows, out), **counts}
+
+
+def _judge_pairs(ctx, recs, data, revised, out) -> None:
+    """Judge each candidate revision; mark `dropped` where it does not score above the initial
+    answer (whose score the judge step already has)."""
+    if not data:
+        return
+    initial = {s["key"]: s["initial_score"] for s in read_jsonl(ctx.dir("judge") / "selection.jsonl")}
+    by_rec = {er.key: er for er in recs}
+    _, score = judge_candidates(ctx, [(by_rec[d["key"]], "revised", revised[d["key"]]["answer"]) for d in data], out)
+    for d in data:
+        d["revised_score"], d["initial_score"] = score[(d["key"], "revised")], initial[d["key"]]
+        if d["revised_score"] <= d["initial_score"]:
+            d["dropped"] = "revision_not_better"
 
 
 def evaluate_step(ctx: IterationContext) -> dict:
