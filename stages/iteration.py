@@ -20,13 +20,10 @@ def main(args, params):
     prev = params.nlf.iterations[t].prev if args.step != "init" else None
     ctx = modes.IterationContext(params, t, prev, Path(args.root), Path(args.prepared), Path(args.index),
                                  Path(args.models_dir), Path(args.metrics) if args.metrics else None, loop=loop)
-    logged = {"mode": params.mode, "loop": loop, "iteration": t, "prev": prev, "seed": params.seed,
-              "nlf": params.nlf.model_dump(), "train": params.train.model_dump(), "models": params.models.model_dump(),
-              "judge": params.judge.model_dump(),
-              **({"offline_rl": params.offline_rl.model_dump()} if loop == "offline_rl" else {}),
-              **({"summary": params.summary.model_dump()} if loop == "summary" else {})}
-    tags = {"mode": params.mode, "loop": loop, "iteration": t, "step": args.step}
-    name = f"{args.step}@{t}" if loop == params.mode else f"{loop}_{args.step}@{t}"
+    # The params this step declares (stage_params.reads), nothing else: a guarded view dumps only those.
+    logged = {"loop": loop, "iteration": t, "prev": prev, **params.model_dump()}
+    tags = {"loop": loop, "iteration": t, "step": args.step}
+    name = f"{args.step}@{t}" if args.loop is None else f"{loop}_{args.step}@{t}"
     with tracking.stage_run(params.tracking, name, logged, tags) as run:
         # TRL's own MLflow callback logs per-step training curves into this stage's run.
         ctx.extra["report_to"] = ["mlflow"] if params.tracking.enabled else []

@@ -260,7 +260,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
         assert not any(a.aspect in blob or a.evidence in blob for a in r.rubric_aspects)
     m = json.loads((repo / "metrics/nlf/iter_1.json").read_text())
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
-    validation = json.loads((it / "train_policy/state.json").read_text())["validation"]
+    validation = json.loads((it / "train_policy/state.json").read_text())["selection"]
     assert validation["selected_by"] == "validation_macro" and len(validation["scores"]) == 2
     # `personal-nlf plan` predicted exactly the judge calls these stages made.
     from personal_nlf import plan
@@ -299,7 +299,8 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     m = json.loads((repo / "metrics/offline_rl/iter_1.json").read_text())
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     report = json.loads((repo / "metrics/report.json").read_text())
-    assert any(t["a"] == "offline_rl@1" and t["b"] == report["best_baseline"] for t in report["paired_tests"])
+    # offline_rl@1 is in the best-baseline pool (as in the paper's Table 2): it is compared, or it is the best.
+    assert any("offline_rl@1" in (t["a"], t["b"]) for t in report["paired_tests"])
 
 
 def test_generation_benchmark_runs(pipeline, tmp_path):

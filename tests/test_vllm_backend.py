@@ -231,7 +231,13 @@ def _hf_choice_logprobs(tok, model, worker) -> dict[str, float]:
     ids = tok(text + worker["answer_prefix"], add_special_tokens=False)["input_ids"]
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].float(), -1)
-    return {ch: logp[tok.encode(ch, add_special_tokens=False)[0]].item() for ch in worker["choices"][0]}
+    from personal_nlf.llm.hf import label_token_ids
+
+    def enc(s):
+        return tok.encode(s, add_special_tokens=False)
+
+    # The same label-token rule as both backends ("c" and " c" where each is one token).
+    return {ch: torch.logsumexp(logp[label_token_ids(enc, ch)], 0).item() for ch in worker["choices"][0]}
 
 
 @pytest.mark.slow

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from . import data, export, metrics
+from . import judge as judge_lib
 from .config import DOMAINS, Params, RoleConfig
 from .generation import generate_journaled
 from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
-from .judge import JudgeItem, fingerprint_fields, judge_items, outcome_counts
+from .judge import outcome_counts
 from .llm import BackendError, load_backend, sampling_for
 
 log = logging.getLogger("personal_nlf")
@@ -107,24 +108,21 @@ def run(summaries_path: str | Path, questions_path: str | Path, role: RoleConfig
 
 
 def judge(pairs, answers, params: Params, models_dir, out: Path) -> dict[str, Any]:
-    role = params.models.judge
-    backend = load_backend(role, models_dir, params.seed)
-    items, meta = [], {}
-    for r, row in pairs:
-        for a_idx, a in enumerate(r.rubric_aspects):
-            key = f"{row['domain']}/{r.id}#{a_idx}"
-            items.append(JudgeItem(key, r.question, r.narrative, a.aspect, a.reason, a.evidence,
-                                   answers[f"{row['domain']}/{r.id}"]["answer"]))
-            meta[key] = {"domain": row["domain"], "id": r.id, "aspect_index": a_idx}
-    fp = stable_hash({**fingerprint_fields(params.judge, role, backend), "items": [it.messages() for it in items]})
+    """The answers judged on their questions' rubrics (journaled): <out stem>.judge_scores.jsonl
+    and <out stem>.metrics.json."""
+    to_judge = [judge_lib.Answer(f"{row['domain']}/{r.id}", r.question, r.narrative, r.rubric_aspects,
+                                 answers[f"{row['domain']}/{r.id}"]["answer"], {"domain": row["domain"], "id": r.id})
+                for r, row in pairs]
     scores_path = out.with_name(out.stem + ".judge_scores.jsonl")
-    journal = Journal(scores_path.with_name(scores_path.name + ".partial"), fp, log=log.info)
-    scored = judge_items(items, backend, params.judge, role, journal, seed=params.seed)
-    backend.close()
-    rows = [{**meta[it.key], **scored[it.key]} for it in items]
-    write_jsonl_atomic(scores_path, rows)
-    journal.close(remove=True)
+    backend = load_backend(params.models.judge, models_dir, params.seed)
+    try:
+        rows, _ = judge_lib.judge_answers(to_judge, backend, params,
+                                          journal_path=scores_path.with_name(scores_path.name + ".partial"),
+                                          out_path=scores_path)
+    finally:
+        backend.close()
     summary = metrics.summarize(metrics.question_scores(rows), n_boot=params.baselines.bootstrap_samples,
                                 seed=params.seed)
-    write_json_atomic(out.with_name(out.stem + ".metrics.json"), {**summary, "judge_outcomes": outcome_counts(rows)})
+    write_json_atomic(out.with_name(out.stem + ".metrics.json"), {**summary, "judge_outcomes": outcome_counts(rows),
+                                                                  "judge_label_mass": judge_lib.label_mass_summary(rows)})
     return {"macro": summary["macro"], "judge_scores": str(scores_path), "judge_outcomes": outcome_counts(rows)}

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import data
+from .io import numbered_jsonl
 
 
 class CliError(Exception):
@@ -51,23 +52,9 @@ def _dig(d: Any, path: tuple[str, ...]) -> Any:
 
 def read_judge_rows(path: str | Path) -> list[dict[str, Any]]:
     """Per-aspect judge rows (domain, id, score in [0, 2], optional aspect_index), checked."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CliError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise CliError(f"{path}: cannot read ({e})") from None
-    rows, seen = [], set()
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CliError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise CliError(f"{path}: line {n}: expected a JSON object, got {type(row).__name__}")
+    numbered, seen = numbered_jsonl(path, error=CliError), set()
+    rows = [row for _, row in numbered]
+    for n, row in numbered:
         missing = [k for k in ("domain", "id", "score") if k not in row]
         if missing:
             raise CliError(f"{path}: line {n}: missing field(s) {', '.join(missing)}")
@@ -81,7 +68,6 @@ def read_judge_rows(path: str | Path) -> list[dict[str, Any]]:
                 raise CliError(f"{path}: line {n}: duplicate aspect {row['aspect_index']} of "
                                f"{row['domain']}/{row['id']} (a concatenated or re-appended file?)")
             seen.add(key)
-        rows.append(row)
     if not rows:
         raise CliError(f"{path}: no judge rows")
     return rows

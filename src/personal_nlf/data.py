@@ -17,6 +17,8 @@ from typing import Any
 
 import polars as pl
 
+from .io import read_jsonl
+
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -102,15 +104,7 @@ def read_rows(path: str | Path) -> list[Any]:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}: line {line}: not valid UTF-8 (byte {e.start})") from None
     if suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
-        return rows
+        return read_jsonl(path, error=DataError, what="JSON object (one record per line)")
     if suffix == ".json":
         try:
             data = json.loads(text)

@@ -13,12 +13,12 @@ from typing import Any
 
 import polars as pl
 
-from . import metrics, prompts, provenance
+from . import judge, metrics, prompts, provenance
 from .config import Params, RoleConfig
 from .data import Record, load_prepared
 from .generation import generate_journaled
 from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
-from .judge import JudgeItem, fingerprint_fields, judge_items, outcome_counts
+from .judge import outcome_counts
 from .llm import Backend, load_backend, sampling_for
 
 log = logging.getLogger("personal_nlf")
@@ -43,21 +43,30 @@ class EvalRecord:
 
 
 class BackendPool:
-    """One loaded model per distinct (model, adapter, backend, device...) across roles: the
-    judge and the policy share weights when they name the same model."""
+    """One loaded model per distinct engine across roles. hf roles that name the same model,
+    adapter, dtype, device and prompt format share one set of weights whatever their batch sizes
+    and sampling (the policy batches 16, the judge 4); each gets a view with its own settings.
+    vLLM and openai roles share an engine only when everything but sampling is equal."""
 
+    HF_ENGINE_FIELDS = ("backend", "model", "adapter", "dtype", "device", "prompt_format")
     SAMPLING_FIELDS = {"temperature", "top_p", "max_new_tokens"}
 
     def __init__(self, models_dir, seed: int):
         self.models_dir, self.seed, self._cache = models_dir, seed, {}
 
+    @classmethod
+    def engine_key(cls, role: RoleConfig) -> str:
+        if role.backend == "hf":
+            return stable_hash(role.model_dump(include=set(cls.HF_ENGINE_FIELDS)))
+        return stable_hash(role.model_dump(exclude=cls.SAMPLING_FIELDS))
+
     def get(self, role: RoleConfig) -> Backend:
-        key = stable_hash(role.model_dump(exclude=self.SAMPLING_FIELDS))
+        key = self.engine_key(role)
         if key not in self._cache:
             log.info("loading %s backend for %s%s", role.backend, role.model,
                      f" + adapter {role.adapter}" if role.adapter else "")
             self._cache[key] = load_backend(role, self.models_dir, self.seed)
-        return self._cache[key]
+        return self._cache[key].for_role(role)
 
     def close(self) -> None:
         for b in self._cache.values():
@@ -118,6 +127,12 @@ def _gen_record(er: EvalRecord, role: RoleConfig, backend: Backend, sampling, te
     }
 
 
+def without_timing(rec: dict) -> dict:
+    """A generated record as written to a result file: its wall-clock latency (kept in the
+    journal for the run record) would make reruns differ."""
+    return {k: v for k, v in rec.items() if k != "latency_s"}
+
+
 def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPool, out_dir: Path,
            policy: RoleConfig, planner: RoleConfig | None = None,
            summaries: dict[str, str] | None = None) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -140,7 +155,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
             return rec
 
         plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=prole.batch_size, desc="plans")
-        write_jsonl_atomic(out_dir / "plans.jsonl", [plans[er.key] for er in recs])
+        write_jsonl_atomic(out_dir / "plans.jsonl", [without_timing(plans[er.key]) for er in recs])
         j.close()  # removed by evaluate_method once judged: a kill while judging regenerates nothing
 
     backend = pool.get(policy)
@@ -157,29 +172,20 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
         backend, items, sampling, j,
         lambda key, gens: _gen_record(by_key[key], policy, backend, sampling, template, prompts_by_key[key], gens[0]),
         chunk_size=policy.batch_size, desc=method)
-    write_jsonl_atomic(out_dir / "generations.jsonl", [answers[er.key] for er in recs])
+    write_jsonl_atomic(out_dir / "generations.jsonl", [without_timing(answers[er.key]) for er in recs])
     j.close()  # removed by evaluate_method once judged
     return answers, plans
 
 
 def judge_answers(recs: list[EvalRecord], answers: dict[str, dict], params: Params, pool: BackendPool,
                   out_dir: Path) -> list[dict[str, Any]]:
-    role = params.models.judge
-    backend = pool.get(role)
-    items, meta = [], {}
-    for er in recs:
-        for a_idx, a in enumerate(er.record.rubric_aspects):
-            key = f"{er.key}#{a_idx}"
-            items.append(JudgeItem(key, er.record.question, er.record.narrative, a.aspect, a.reason, a.evidence,
-                                   answers[er.key]["answer"]))
-            meta[key] = {"domain": er.domain, "split": er.split, "id": er.record.id, "aspect_index": a_idx,
-                         "aspect": a.aspect}
-    fp = stable_hash({**fingerprint_fields(params.judge, role, backend), "items": [it.messages() for it in items]})
-    j = Journal(out_dir / "judge_scores.jsonl.partial", fp, log=log.info)
-    scored = judge_items(items, backend, params.judge, role, j, seed=params.seed, chunk_size=max(16, role.batch_size))
-    rows = [{**meta[it.key], "judge_method": params.judge.method, **scored[it.key]} for it in items]
-    write_jsonl_atomic(out_dir / "judge_scores.jsonl", rows)
-    j.close(remove=True)
+    """Each record's answer judged on its rubric (journaled); out_dir/judge_scores.jsonl."""
+    to_judge = [judge.Answer(er.key, er.record.question, er.record.narrative, er.record.rubric_aspects,
+                             answers[er.key]["answer"], {"domain": er.domain, "split": er.split, "id": er.record.id})
+                for er in recs]
+    rows, _ = judge.judge_answers(to_judge, pool.get(params.models.judge), params,
+                                  journal_path=out_dir / "judge_scores.jsonl.partial",
+                                  out_path=out_dir / "judge_scores.jsonl")
     return rows
 
 
@@ -216,7 +222,6 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
     qs = metrics.question_scores(judge_rows)
     summary = metrics.summarize(qs, n_boot=params.baselines.bootstrap_samples, seed=params.seed)
     n = len(recs)
-    latency = sum(answers[er.key]["latency_s"] + plans.get(er.key, {}).get("latency_s", 0.0) for er in recs)
     ptoks = sum(answers[er.key]["prompt_tokens"] + plans.get(er.key, {}).get("prompt_tokens", 0) for er in recs)
     judge_out = outcome_counts(judge_rows)
     roles = {"policy": policy, "judge": params.models.judge}
@@ -226,7 +231,6 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
     return {
         "method": method,
         **summary,
-        "s_per_query": round(latency / n, 4),
         "prompt_tokens_per_query": round(ptoks / n, 1),
         "answer_parse": dict(sorted(Counter(a["parse_outcome"] for a in answers.values()).items())),
         "hit_token_budget": sum(1 for a in answers.values() if a["finish_reason"] == "length"),
@@ -234,6 +238,7 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
         "empty_profiles": sum(1 for er in recs if not er.record.profile),
         "judge_outcomes": judge_out,
         "judge_failures": sum(v for k, v in judge_out.items() if k.startswith("failed")),
+        "judge_label_mass": judge.label_mass_summary(judge_rows),
         "provenance": provenance.collect(
             params.seed,
             {name: pool.get(r).describe() for name, r in roles.items()},
@@ -266,6 +271,9 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
     finally:
         pool.close()
     write_json_atomic(metrics_path, result)
+    latency = sum(answers[er.key]["latency_s"] + plans.get(er.key, {}).get("latency_s", 0.0) for er in recs)
+    provenance.write_run_record(metrics_path, {"s_per_query": round(latency / len(recs), 4),
+                                               "generation_seconds": round(latency, 2), "queries": len(recs)})
     for name in ("plans", "generations"):  # the answer journals are no longer needed
         (out_dir / f"{name}.jsonl.partial").unlink(missing_ok=True)
     return result

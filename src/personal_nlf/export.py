@@ -8,17 +8,15 @@ each, ready to prepend to any chat-completions call.
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 from typing import Any
 
 from . import models
-from .io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from .io import numbered_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic
 from .summaries import scrub
 
 EXPORT_FIELDS = ("id", "domain", "summary", "summary_tokens", "summarizer_model", "summarizer_adapter",
-                 "summarizer_adapter_hash", "iteration", "profile_hash", "created_at")
+                 "summarizer_adapter_hash", "iteration", "profile_hash")
 SYSTEM_PREFIX = ("You are answering a question from a specific person. What is known about their preferences "
                  "(a summary learned from their history; follow it where it applies):\n")
 
@@ -35,7 +33,8 @@ def build(summary_rows: list[dict], summarizer_model: str, iteration: str,
           profiles: dict[str, list[str]] | None = None) -> list[dict[str, Any]]:
     """Export rows from the evaluate step's summaries.jsonl rows. `profiles` (record key ->
     profile texts), when given, is used to scrub once more: nothing copied leaves the project."""
-    created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    # No creation time: the export is a DVC output and must be identical when rerun; the adapter
+    # hash and iteration say what wrote it.
     out = []
     for r in summary_rows:
         text = r["summary"]
@@ -45,7 +44,7 @@ def build(summary_rows: list[dict], summarizer_model: str, iteration: str,
         out.append({"id": r["id"], "domain": r["domain"], "summary": text, "summary_tokens": r["summary_tokens"],
                     "summarizer_model": summarizer_model, "summarizer_adapter": adapter,
                     "summarizer_adapter_hash": models.folder_hash(adapter) if adapter else None,
-                    "iteration": iteration, "profile_hash": r["profile_hash"], "created_at": created})
+                    "iteration": iteration, "profile_hash": r["profile_hash"]})
     return out
 
 
@@ -64,15 +63,7 @@ def load(path: str | Path) -> dict[tuple[str, str], dict]:
     if not path.exists():
         raise ExportError(f"{path}: no such file (run `dvc exp run -S mode=summary`, or `personal-nlf export`)")
     out: dict[tuple[str, str], dict] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ExportError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ExportError(f"{path}: line {n}: expected a JSON object")
+    for n, row in numbered_jsonl(path, error=ExportError):
         for field in ("id", "domain", "summary"):
             if not isinstance(row.get(field), str):
                 raise ExportError(f"{path}: line {n}: field '{field}' missing or not a string")
@@ -89,7 +80,7 @@ def load_summary_rows(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise ExportError(f"{path}: no summaries (the summary mode's evaluate step writes it)")
-    return read_jsonl(path)
+    return read_jsonl(path, error=ExportError)
 
 
 def export_iteration(params, root: str | Path, prepared: str | Path, iteration: str, out_dir: str | Path) -> dict:

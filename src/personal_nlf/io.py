@@ -65,16 +65,39 @@ def write_parquet_atomic(path: str | Path, df: pl.DataFrame) -> None:
     _atomic(Path(path), lambda f: df.write_parquet(f))
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
+def read_jsonl(path: str | Path, error: type[Exception] = ValueError, what: str = "JSON object") -> list[dict]:
+    """The rows of a JSONL file (see numbered_jsonl)."""
+    return [row for _, row in numbered_jsonl(path, error, what)]
+
+
+def numbered_jsonl(path: str | Path, error: type[Exception] = ValueError,
+                   what: str = "JSON object") -> list[tuple[int, dict]]:
+    """The one JSONL reader: (line number, row) for every non-blank line, each a JSON object. Any
+    problem is raised as `error` in one line naming the file and the line (callers pass their own
+    error type so the CLI, the data loader and the export reader report it their way)."""
     path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: not valid UTF-8 (byte {e.start})") from None
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}: line {n}: not valid JSON ({e.msg})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{path}: line {n}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise error(f"{path}: line {n}: expected a {what}, got {type(row).__name__}")
+        rows.append((n, row))
     return rows
 
 

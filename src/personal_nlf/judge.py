@@ -9,16 +9,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import prompts
-from .config import JudgeConfig, RoleConfig
-from .io import Journal
+from . import metrics, prompts
+from .config import JudgeConfig, Params, RoleConfig
+from .io import Journal, stable_hash, write_jsonl_atomic
 from .llm import sampling_for
 from .llm.base import Backend
 from .llm.hf import expected_score
+
+log = logging.getLogger("personal_nlf")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,61 @@ def score_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role
         chunk = items[start:start + chunk_size]
         out.extend(_logprob(chunk, backend) if cfg.method == "logprob" else _generate(chunk, backend, cfg, role, seed))
     return out
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer to judge on its record's rubric. `aspects` are data.Aspect objects or dicts with
+    aspect/reason/evidence; `meta` (domain, id, ...) goes into every per-aspect row."""
+    key: str  # unique among the answers judged together (record key, plus candidate if several)
+    question: str
+    narrative: str
+    aspects: tuple | list
+    response: str
+    meta: dict = field(default_factory=dict)
+
+
+def _aspect_fields(a) -> tuple[str, str, str]:
+    if isinstance(a, dict):
+        return a["aspect"], a.get("reason", ""), a.get("evidence", "")
+    return a.aspect, a.reason, a.evidence
+
+
+def judge_answers(answers: list[Answer], backend: Backend, params: Params, journal_path: str | Path | None = None,
+                  out_path: str | Path | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """The one judging path (evaluation, both loops' judge steps, the GRPO judge reward, `apply`).
+
+    Scores every (answer, rubric aspect) pair 0/1/2 with `params.judge`'s method. With
+    journal_path, each score is journaled as it is made, so a killed stage resumes; without one
+    (GRPO rewards: a resumed training run restarts its step) nothing is kept. Writes the
+    per-aspect rows to out_path when given. Returns the rows and each answer's score,
+    metrics.question_score of its aspects."""
+    items, owner = [], []
+    for ans in answers:
+        for a_idx, a in enumerate(ans.aspects):
+            aspect, reason, evidence = _aspect_fields(a)
+            items.append(JudgeItem(f"{ans.key}#{a_idx}", ans.question, ans.narrative, aspect, reason, evidence,
+                                   ans.response))
+            owner.append((ans, a_idx, aspect))
+    cfg, role = params.judge, params.models.judge
+    chunk = max(16, role.batch_size)  # judge batches are short prompts; small chunks starve the backend
+    journal = None
+    if journal_path is None:
+        scored = dict(zip([it.key for it in items], score_items(items, backend, cfg, role, params.seed, chunk)))
+    else:
+        fp = stable_hash({**fingerprint_fields(cfg, role, backend), "items": [it.messages() for it in items]})
+        journal = Journal(journal_path, fp, log=log.info)
+        scored = judge_items(items, backend, cfg, role, journal, seed=params.seed, chunk_size=chunk)
+    rows = [{**ans.meta, "aspect_index": a_idx, "aspect": aspect, "judge_method": cfg.method, **scored[it.key]}
+            for it, (ans, a_idx, aspect) in zip(items, owner)]
+    if out_path is not None:
+        write_jsonl_atomic(out_path, rows)
+    if journal is not None:
+        journal.close(remove=True)
+    per_answer: dict[str, list[float]] = {}
+    for it, (ans, _, _) in zip(items, owner):
+        per_answer.setdefault(ans.key, []).append(scored[it.key]["score"])
+    return rows, {ans.key: metrics.question_score(per_answer.get(ans.key, [])) for ans in answers}
 
 
 def _logprob(chunk: list[JudgeItem], backend: Backend) -> list[dict[str, Any]]:

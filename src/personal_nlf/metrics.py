@@ -13,13 +13,20 @@ import numpy as np
 QuestionScores = dict[tuple[str, str], float]
 
 
+def question_score(aspect_scores: list[float]) -> float:
+    """One answer's score: the sum of its aspect scores (0..2 each) over 2 x #aspects."""
+    if not aspect_scores:
+        raise ValueError("an answer with no judged rubric aspect has no score")
+    # fsum: exactly rounded, so the score does not depend on the order the rows arrive in.
+    return math.fsum(aspect_scores) / (2 * len(aspect_scores))
+
+
 def question_scores(aspect_rows: list[dict[str, Any]]) -> QuestionScores:
     """aspect_rows: dicts with domain, id, aspect_index, score (0..2)."""
     by_q: dict[tuple[str, str], list[float]] = defaultdict(list)
     for r in aspect_rows:
         by_q[(r["domain"], r["id"])].append(float(r["score"]))
-    # fsum: exactly rounded, so a score does not depend on the order the rows arrive in.
-    return {k: math.fsum(v) / (2 * len(v)) for k, v in by_q.items()}
+    return {k: question_score(v) for k, v in by_q.items()}
 
 
 def _by_domain(qs: QuestionScores) -> dict[str, np.ndarray]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from . import evaluate, prompts, training
@@ -36,10 +35,6 @@ def train_planner(params: Params, prepared, index, models_dir, out: Path) -> dic
     rows = training_rows(recs)
     write_jsonl_atomic(out / "planner_data.jsonl", rows)
     work = out.parent / f".{out.name}.work.partial"  # beside the output: DVC deletes outs, not this
-    stats = training.train("sft", rows, params.models.planner, models_dir, params.train, work, seed=params.seed)
-    last = training.checkpoints(work)[-1]
-    adapter = training.export_adapter(last, out / "adapter")
-    write_json_atomic(out / "state.json", {"adapter": str(adapter), "trained": True, "checkpoint": last.name})
-    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows)})
-    shutil.rmtree(work, ignore_errors=True)
-    return {"trained": 1, "examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"]}
+    result = training.fit_and_export("sft", rows, params.models.planner, models_dir, params.train, out, work,
+                                     seed=params.seed, state={"trained": True})
+    return {"trained": 1, **result}

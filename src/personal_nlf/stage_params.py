@@ -83,6 +83,15 @@ def reads(argv: list[str], mode: str) -> set[str]:
     raise KeyError(f"stage script {script!r} has no entry in stage_params.reads")
 
 
+STAGE_SCRIPTS = {"base_model", "prepare", "index", "baseline", "train_planner", "iteration", "export", "transfer",
+                 "report"}
+
+
+def is_stage(argv: list[str]) -> bool:
+    """Whether `argv` runs one of the pipeline's stage scripts (others, e.g. test drivers, are not guarded)."""
+    return Path(argv[0]).stem in STAGE_SCRIPTS and Path(argv[0]).parent.name == "stages"
+
+
 def declared_union(argv: list[str]) -> set[str]:
     """What dvc.yaml must declare: a `${mode}` stage can run any mode's loop."""
     return set().union(*(reads(argv, m) for m in MODES))

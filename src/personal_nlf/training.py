@@ -190,6 +190,34 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     return stats
 
 
+def fit_and_export(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainConfig,
+                   out: str | Path, work_dir: str | Path, seed: int, init_adapter: str | None = None,
+                   report_to: list[str] | None = None, grpo: GRPOSettings | None = None,
+                   select: Callable[[Path], tuple[Path, dict]] | None = None,
+                   state: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one train-and-export path (the loops' policy, feedback model, summarizer and
+    generator; the PlanPers planner): train, pick a checkpoint (`select(work_dir)` -> (checkpoint,
+    how it was chosen); default the last), copy its adapter to out/adapter, write out/state.json
+    and out/train_stats.json, remove the work folder. With no rows the starting adapter carries
+    over, and state.json says so. Returns the stage's training metrics."""
+    out, work_dir = Path(out), Path(work_dir)
+    state = dict(state or {})
+    if not rows:
+        write_json_atomic(out / "state.json", {"adapter": init_adapter, **state,
+                                               "skipped": f"no {objective} training examples"})
+        return {"examples": 0, "skipped": 1}
+    stats = train(objective, rows, role, models_dir, cfg, work_dir, seed=seed, init_adapter=init_adapter,
+                  report_to=report_to, grpo=grpo)
+    chosen, selection = select(work_dir) if select else (checkpoints(work_dir)[-1], {"selected_by": "last"})
+    adapter = export_adapter(chosen, out / "adapter")
+    write_json_atomic(out / "state.json", {"adapter": str(adapter), **state, "checkpoint": chosen.name,
+                                           "selection": selection})
+    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": objective})
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"],
+            "checkpoint_step": int(chosen.name.split("-")[1])}
+
+
 def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:
     """Copy only the PEFT adapter files of a checkpoint (no optimizer state) to `out`."""
     out = Path(out)

@@ -77,5 +77,10 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance: backend, model, adapter (with content hashes where local), device."""
 
+    def for_role(self, role) -> "Backend":
+        """This engine used with `role`'s per-call settings (batch size, input budget). Backends
+        whose engine fixes those at load time are shared only by equal roles: themselves."""
+        return self
+
     def close(self) -> None:  # release GPU memory / engines
         pass

@@ -3,6 +3,7 @@ padding, chat templates, optional PEFT adapter, seeded sampling, next-token log-
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -100,6 +101,14 @@ class HFBackend(Backend):
         if self.chat and not self.tok.chat_template:
             raise BackendError(f"{role.model}: prompt_format=chat but the tokenizer has no chat template; use plain")
         self.truncated = 0
+
+    def for_role(self, role: RoleConfig) -> "HFBackend":
+        # The same weights and tokenizer; the role's batch size and input budget (read per call).
+        if role == self.role:
+            return self
+        view = copy.copy(self)
+        view.role, view.truncated = role, 0
+        return view
 
     # ------------------------------------------------------------------ rendering
     def render(self, messages: Messages, answer_prefix: str = "") -> str:

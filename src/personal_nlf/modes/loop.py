@@ -6,15 +6,13 @@ selection, and the test-split evaluation."""
 from __future__ import annotations
 
 import logging
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .. import evaluate, training
+from .. import evaluate, judge, training
 from ..generation import generate_journaled
-from ..io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
-from ..judge import JudgeItem, fingerprint_fields, judge_items
+from ..io import Journal, stable_hash
 from ..llm import sampling_for
 from . import IterationContext
 
@@ -85,79 +83,46 @@ def best_and_worst(scores: list[float]) -> dict:
 def judge_candidates(ctx: IterationContext, candidates: list[tuple[evaluate.EvalRecord, str, str]],
                      out_dir: Path) -> tuple[list[dict], dict[tuple[str, str], float]]:
     """Judge (record, candidate name, answer) triples on every rubric aspect (journaled); writes
-    out_dir/judge_scores.jsonl. Returns the per-aspect rows and (record key, candidate) -> score,
-    sum / (2 x #aspects) as for evaluation."""
-    items, meta = [], {}
-    for er, cand, text in candidates:
-        for a_idx, a in enumerate(er.record.rubric_aspects):
-            key = f"{er.key}|{cand}#{a_idx}"
-            items.append(JudgeItem(key, er.record.question, er.record.narrative, a.aspect, a.reason, a.evidence, text))
-            meta[key] = {"key": er.key, "domain": er.domain, "id": er.record.id, "candidate": cand, "aspect_index": a_idx}
+    out_dir/judge_scores.jsonl. Returns the per-aspect rows and (record key, candidate) -> score."""
+    to_judge = [judge.Answer(f"{er.key}|{cand}", er.record.question, er.record.narrative, er.record.rubric_aspects,
+                             text, {"key": er.key, "domain": er.domain, "id": er.record.id, "candidate": cand})
+                for er, cand, text in candidates]
     pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
-    role = ctx.params.models.judge
-    backend = pool.get(role)
-    fp = stable_hash({**fingerprint_fields(ctx.params.judge, role, backend), "items": [it.messages() for it in items]})
-    j = Journal(ctx.journal("judge", "scores"), fp, log=log.info)
-    scored = judge_items(items, backend, ctx.params.judge, role, j, seed=ctx.params.seed,
-                         chunk_size=max(16, role.batch_size))
-    pool.close()
-    rows = [{**meta[it.key], **scored[it.key]} for it in items]
-    write_jsonl_atomic(out_dir / "judge_scores.jsonl", rows)
-    j.close(remove=True)
-    sums: dict[tuple[str, str], list[float]] = {}
-    for r in rows:
-        sums.setdefault((r["key"], r["candidate"]), []).append(r["score"])
-    return rows, {k: sum(v) / (2 * len(v)) for k, v in sums.items()}
+    try:
+        rows, scores = judge.judge_answers(to_judge, pool.get(ctx.params.models.judge), ctx.params,
+                                           journal_path=ctx.journal("judge", "scores"),
+                                           out_path=out_dir / "judge_scores.jsonl")
+    finally:
+        pool.close()
+    return rows, {(er.key, cand): scores[f"{er.key}|{cand}"] for er, cand, _ in candidates}
 
 
 def fit_policy(ctx: IterationContext, objective: str, rows: list[dict], out: Path) -> dict:
-    """LoRA-train the policy from iteration prev's adapter (TRL), keep the checkpoint with the
-    best validation judge score, export it as iteration t's adapter (out/adapter, out/state.json)."""
-    cfg = ctx.train_config()
-    if not rows:
-        # E.g. DPO when every pair is identical: nothing to learn from. pi(t) = pi(t-1), recorded
-        # in state.json and the stage's metrics rather than failing the whole loop.
-        log.warning("iteration %s: no %s training examples; the policy carries over from iteration %s",
-                    ctx.t, objective, ctx.prev)
-        write_json_atomic(out / "state.json", {"adapter": ctx.adapter("policy"), "iteration": ctx.t,
-                                               "skipped": f"no {objective} training examples"})
-        return {"examples": 0, "skipped": 1}
-    work = ctx.journal("train_policy", "work")
-    stats = training.train(objective, rows, ctx.role("policy", None), ctx.models_dir, cfg, work,
-                           seed=ctx.params.seed + int(ctx.t), init_adapter=ctx.adapter("policy"),
-                           report_to=ctx.extra.get("report_to"))
-    best, selection = select_checkpoint(ctx, work, cfg)
-    adapter = training.export_adapter(best, out / "adapter")
-    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": best.name,
-                                           "validation": selection})
-    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": objective})
-    cleanup(work)
-    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"],
-            "best_checkpoint_step": int(best.name.split("-")[1])}
+    """LoRA-train the policy from iteration prev's adapter; the checkpoint with the best
+    validation judge score becomes iteration t's adapter (out/adapter, out/state.json)."""
+    return fit(ctx, "train_policy", objective, rows, "policy", ctx.adapter("policy"), out,
+               select=lambda work: select_checkpoint(ctx, work, ctx.train_config()))
 
 
 def fit_last(ctx: IterationContext, step: str, objective: str, rows: list[dict], role_name: str,
              init_adapter: str | None, out: Path, grpo: training.GRPOSettings | None = None) -> dict:
-    """LoRA-train `role_name` from init_adapter and export the last checkpoint as iteration t's
-    adapter (out/adapter, out/state.json). For models whose checkpoints are not selected on
-    validation (VAC's feedback model, the summary mode's summarizer and generator)."""
-    cfg = ctx.train_config()
+    """LoRA-train `role_name` from init_adapter; the last checkpoint becomes iteration t's adapter.
+    For models whose checkpoints are not selected on validation (VAC's feedback model, the
+    summary mode's summarizer and generator)."""
+    return fit(ctx, step, objective, rows, role_name, init_adapter, out, grpo=grpo)
+
+
+def fit(ctx: IterationContext, step: str, objective: str, rows: list[dict], role_name: str,
+        init_adapter: str | None, out: Path, grpo: training.GRPOSettings | None = None, select=None) -> dict:
     if not rows:
+        # E.g. DPO when every pair is identical: nothing to learn from. The model carries over
+        # from iteration prev, recorded in state.json and the stage's metrics, not a failure.
         log.warning("iteration %s: no %s training examples for %s; it carries over from iteration %s",
                     ctx.t, objective, role_name, ctx.prev)
-        write_json_atomic(out / "state.json", {"adapter": init_adapter, "iteration": ctx.t,
-                                               "skipped": f"no {objective} training examples"})
-        return {"examples": 0, "skipped": 1}
-    work = ctx.journal(step, "work")
-    stats = training.train(objective, rows, ctx.role(role_name, None), ctx.models_dir, cfg, work,
-                           seed=ctx.params.seed + int(ctx.t), init_adapter=init_adapter,
-                           report_to=ctx.extra.get("report_to"), grpo=grpo)
-    last = training.checkpoints(work)[-1]
-    adapter = training.export_adapter(last, out / "adapter")
-    write_json_atomic(out / "state.json", {"adapter": str(adapter), "iteration": ctx.t, "checkpoint": last.name})
-    write_json_atomic(out / "train_stats.json", {**stats, "examples": len(rows), "objective": objective})
-    cleanup(work)
-    return {"examples": len(rows), "train_loss": stats["train_loss"], "steps": stats["steps"]}
+    return training.fit_and_export(
+        objective, rows, ctx.role(role_name, None), ctx.models_dir, ctx.train_config(), out,
+        work_dir=ctx.journal(step, "work"), seed=ctx.params.seed + int(ctx.t), init_adapter=init_adapter,
+        report_to=ctx.extra.get("report_to"), grpo=grpo, select=select, state={"iteration": ctx.t})
 
 
 def select_checkpoint(ctx: IterationContext, work: Path, cfg) -> tuple[Path, dict]:
@@ -174,10 +139,6 @@ def select_checkpoint(ctx: IterationContext, work: Path, cfg) -> tuple[Path, dic
     # Highest validation macro; ties go to the later checkpoint (more training on the same score).
     best = max(cps, key=lambda cp: (scores[cp.name], int(cp.name.split("-")[1])))
     return best, {"selected_by": "validation_macro", "scores": scores}
-
-
-def cleanup(work: Path) -> None:
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def evaluate_policy(ctx: IterationContext, label: str) -> dict:

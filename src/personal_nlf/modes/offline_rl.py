@@ -21,7 +21,7 @@ import json
 
 from .. import evaluate, prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from ..judge import outcome_counts
+from ..judge import label_mass_summary, outcome_counts
 from . import IterationContext
 from .loop import best_and_worst, by_key, evaluate_policy, fit_policy, judge_candidates, run_role, train_records
 
@@ -72,6 +72,7 @@ def judge(ctx: IterationContext) -> dict:
         "mean_best_score": round(sum(s["best_score"] for s in selection) / k, 4),
         "share_all_equal": round(sum(s["all_equal"] for s in selection) / k, 4),
         "judge_outcomes": outcome_counts(rows),
+        "judge_label_mass": label_mass_summary(rows),
     }
     write_json_atomic(ctx.dir("judge") / "summary.json", summary)
     return summary

@@ -28,8 +28,9 @@ from collections import Counter
 from functools import lru_cache
 
 from .. import evaluate, models, prompts, training
+from .. import judge as judge_lib  # `judge` is this mode's judge step
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
-from ..judge import JudgeItem, outcome_counts, score_items
+from ..judge import label_mass_summary, outcome_counts
 from ..llm import render_plain, sampling_for
 from ..rewards import JudgeReward, PreferenceReward
 from ..summaries import profile_hash, scrub, select_profile
@@ -168,7 +169,7 @@ def judge(ctx: IterationContext) -> dict:
                "mean_answer_score": round(sum(p["mean_score"] for p in pairs) / len(pairs), 4),
                "mean_best_score": round(sum(p["best_score"] for p in pairs) / len(pairs), 4),
                "share_all_equal": round(sum(p["all_equal"] for p in pairs) / len(pairs), 4),
-               "judge_outcomes": outcome_counts(rows)}
+               "judge_outcomes": outcome_counts(rows), "judge_label_mass": label_mass_summary(rows)}
     write_json_atomic(ctx.dir("judge") / "summary.json", summary)
     return summary
 
@@ -193,17 +194,13 @@ def build_reward(ctx: IterationContext, pool: evaluate.BackendPool):
         return [prompts.parse_answer(g[0].text)[0] for g in gens]
 
     def judge_fn(cases):
-        items, owner = [], []
-        for i, (q, narrative, aspects, ans) in enumerate(cases):
-            for a_idx, a in enumerate(aspects):
-                items.append(JudgeItem(f"{i}#{a_idx}", q, narrative, a["aspect"], a["reason"], a["evidence"], ans))
-                owner.append(i)
-        scored = score_items(items, judge_backend, p.judge, p.models.judge, seed=p.seed,
-                             chunk_size=max(16, p.models.judge.batch_size))
-        per: list[list[dict]] = [[] for _ in cases]
-        for i, r in zip(owner, scored):
-            per[i].append(r)
-        return [(sum(r["score"] for r in rs) / (2 * len(rs)) if rs else 0.0, [r["outcome"] for r in rs]) for rs in per]
+        to_judge = [judge_lib.Answer(str(i), q, narrative, aspects, ans, {"key": str(i)})
+                    for i, (q, narrative, aspects, ans) in enumerate(cases)]
+        rows, scores = judge_lib.judge_answers(to_judge, judge_backend, p)  # no journal: a resumed GRPO step restarts
+        outcomes: dict[str, list[str]] = {}
+        for r in rows:
+            outcomes.setdefault(r["key"], []).append(r["outcome"])
+        return [(scores[a.key], outcomes[a.key]) for a in to_judge]
 
     return JudgeReward(answer, judge_fn, cfg.budget_tokens, cfg.length_cost)
 
