@@ -4,10 +4,17 @@ feedback temperature of policy training, iteration chaining. Models are faked; t
 test (modes/nlf.py, modes/loop.py, judge.py) is the production code."""
 
 import json
+import re
 from pathlib import Path
 
+import pytest
+
+from personal_nlf import evaluate
 from personal_nlf.config import Params
-from personal_nlf.modes import IterationContext
+from personal_nlf.data import Aspect, Record
+from personal_nlf.io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from personal_nlf.llm.base import Backend, Generation
+from personal_nlf.modes import IterationContext, nlf
 from personal_nlf.modes.nlf import select_best
 
 
@@ -85,15 +92,6 @@ def test_no_training_examples_carries_the_policy_over(tmp_path):
 
 # ---------------------------------------------------------------- VAC steps with fake models
 
-import re  # noqa: E402
-
-import pytest  # noqa: E402
-
-from personal_nlf import evaluate, prompts  # noqa: E402
-from personal_nlf.data import Aspect, Record  # noqa: E402
-from personal_nlf.io import read_jsonl, write_json_atomic, write_jsonl_atomic  # noqa: E402
-from personal_nlf.llm.base import Backend, Generation  # noqa: E402
-from personal_nlf.modes import nlf  # noqa: E402
 
 
 class ScriptedJudge(Backend):
@@ -213,7 +211,7 @@ def fake_run_role(calls, revision_for):
             if role_name == "feedback":
                 text = "fb:" + key.split("/")[-1]
             else:
-                fb = re.search(r"Feedback on it:\n(.*)\n\nRewrite", msgs[-1]["content"], re.S).group(1)
+                fb = re.search(r"Feedback on it:\n(.*)\n\nRewrite", msgs[-1]["content"], re.DOTALL).group(1)
                 text = revision_for(fb)
             out[key] = {"texts": [text], "latency_s": 0.0}
         return out

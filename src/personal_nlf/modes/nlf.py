@@ -26,8 +26,16 @@ from .. import evaluate, prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..judge import outcome_counts
 from . import IterationContext
-from .loop import (by_key, evaluate_policy, fit_last, fit_policy, judge_candidates, run_role, select_best,
-                   train_records)
+from .loop import (
+    by_key,
+    evaluate_policy,
+    fit_last,
+    fit_policy,
+    judge_candidates,
+    run_role,
+    select_best,
+    train_records,
+)
 
 log = logging.getLogger("personal_nlf")
 
