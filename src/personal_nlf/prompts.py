@@ -14,7 +14,7 @@ import re
 from .io import stable_hash
 from .llm.base import Messages
 
-TEMPLATE_VERSION = "2026-11-23.1"
+TEMPLATE_VERSION = "2026-12-01.1"
 
 SYSTEM = "You are a helpful assistant that answers questions for a specific person."
 
@@ -79,8 +79,10 @@ TEMPLATES: dict[str, str] = {
     "judge": (
         "You are evaluating how well a response serves one specific need of the person who asked.\n\n"
         "Question: {question}\n\nDetails the person gave: {narrative}\n\n"
-        "Aspect to check: {aspect}\nWhy it matters: {reason}\nEvidence: {evidence}\n\n"
         "Response:\n{response}\n\n"
+        # The aspect comes last: the aspects of one answer share everything before it, which the
+        # backends compute once (hf: a shared KV cache; vLLM: prefix caching).
+        "Aspect to check: {aspect}\nWhy it matters: {reason}\nEvidence: {evidence}\n\n"
         "Score how well the response addresses this aspect: 0 = not at all, 1 = partially, "
         "2 = fully. Reply with JSON only: {{\"match_score\": <0, 1 or 2>}}"
     ),

@@ -117,26 +117,29 @@ class HFBackend(Backend):
         text = self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return text + answer_prefix
 
-    def _encode(self, texts: list[str]):
-        import torch
-
-        enc = [self.tok(t, add_special_tokens=not self.chat)["input_ids"] for t in texts]
+    def _token_ids(self, texts: list[str]) -> tuple[list[list[int]], list[bool]]:
+        """Token ids of each text within the role's input budget, and whether it was cut."""
         out, flags = [], []
         limit = self.role.max_input_tokens
-        for ids in enc:
-            if len(ids) > limit:
+        for ids in self.tok(texts, add_special_tokens=not self.chat)["input_ids"]:
+            cut = len(ids) > limit
+            if cut:
                 # Keep the end: prompts put the question and instructions last.
                 ids = ids[-limit:]
                 self.truncated += 1
-                flags.append(True)
-            else:
-                flags.append(False)
             out.append(ids)
-        width = max(len(i) for i in out)
-        pad = self.tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(i)) + i for i in out])
-        mask = torch.tensor([[0] * (width - len(i)) + [1] * len(i) for i in out])
-        return input_ids.to(self.device), mask.to(self.device), [len(i) for i in out], flags
+            flags.append(cut)
+        return out, flags
+
+    def _pad(self, seqs: list[list[int]], side: str = "left"):
+        """The tokenizer's own padding (left for generation and last-token scoring)."""
+        batch = self.tok.pad({"input_ids": seqs}, padding=True, padding_side=side, return_tensors="pt")
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def _encode(self, texts: list[str]):
+        ids, flags = self._token_ids(texts)
+        input_ids, mask = self._pad(ids)
+        return input_ids, mask, [len(i) for i in ids], flags
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
@@ -182,17 +185,49 @@ class HFBackend(Backend):
         # choices): label_mass() of a row is the probability the judge puts on the labels at all.
         variants = {c: label_token_ids(lambda s: self.tok.encode(s, add_special_tokens=False), c, self.role.model)
                     for c in choices}
-        texts = [self.render(p, answer_prefix) for p in prompts]
-        out: list[dict[str, float]] = []
-        bs = self.role.batch_size
-        for start in range(0, len(texts), bs):
-            input_ids, mask, _, _ = self._encode(texts[start:start + bs])
+        seqs, _ = self._token_ids([self.render(p, answer_prefix) for p in prompts])
+        out: list[dict[str, float] | None] = [None] * len(seqs)
+        for prefix_len, idx in shared_prefix_groups(seqs, MIN_SHARED_PREFIX):
+            logits = self._last_logits_shared(seqs, idx, prefix_len) if prefix_len else self._last_logits(seqs, idx)
+            for i, row in zip(idx, torch.log_softmax(logits.float(), dim=-1)):
+                out[i] = {c: float(torch.logsumexp(row[ids], dim=0)) for c, ids in variants.items()}
+        return out  # type: ignore[return-value]
+
+    def _last_logits(self, seqs: list[list[int]], idx: list[int]):
+        """Next-token logits after each of seqs[idx], batched (left padding: all end together)."""
+        import torch
+
+        parts = []
+        for start in range(0, len(idx), self.role.batch_size):
+            input_ids, mask = self._pad([seqs[i] for i in idx[start:start + self.role.batch_size]])
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, -1, :].float()
-            logp = torch.log_softmax(logits, dim=-1)
-            for row in logp:
-                out.append({c: float(torch.logsumexp(row[ids], dim=0)) for c, ids in variants.items()})
-        return out
+                parts.append(self.model(input_ids=input_ids, attention_mask=mask, logits_to_keep=1).logits[:, -1, :])
+        return torch.cat(parts)
+
+    def _last_logits_shared(self, seqs: list[list[int]], idx: list[int], prefix_len: int):
+        """As _last_logits for sequences that share their first prefix_len tokens (the aspects of
+        one judged answer): the prefix is computed once, and every suffix continues from a copy of
+        its KV cache. Suffixes are right-padded, so each row's last real token is read."""
+        import torch
+
+        prefix = torch.tensor([seqs[idx[0]][:prefix_len]], device=self.device)
+        with torch.inference_mode():
+            cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+        parts = []
+        for start in range(0, len(idx), self.role.batch_size):
+            sub = idx[start:start + self.role.batch_size]
+            suffixes = [seqs[i][prefix_len:] for i in sub]
+            input_ids, mask = self._pad(suffixes, side="right")
+            mask = torch.cat([torch.ones(len(sub), prefix_len, dtype=mask.dtype, device=self.device), mask], dim=1)
+            last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
+            keep = torch.unique(last)  # logits only where some row ends
+            shared = copy.deepcopy(cache)
+            shared.batch_repeat_interleave(len(sub))
+            with torch.inference_mode():
+                logits = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=shared, use_cache=True,
+                                    logits_to_keep=keep).logits
+            parts.append(logits[torch.arange(len(sub), device=self.device), torch.searchsorted(keep, last)])
+        return torch.cat(parts)
 
     def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
         import torch
@@ -207,16 +242,16 @@ class HFBackend(Backend):
                 ids = (ids_p + ids_a)[-self.role.max_input_tokens:]
                 seqs.append(ids)
                 n_ans.append(min(len(ids_a), len(ids) - 1))
-            width = max(len(s) for s in seqs)
-            pad = self.tok.pad_token_id
-            input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
-            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            input_ids, mask = self._pad(seqs)
+            # Left padding: every answer ends at the last position. The token at position i is
+            # predicted by the logits at i - 1, so the last k + 1 positions cover an answer of k.
+            k = max(n_ans) + 1
             with torch.inference_mode():
-                logp = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask).logits.float(), dim=-1)
+                logp = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask,
+                                                    logits_to_keep=k).logits.float(), dim=-1)
             for row, n in enumerate(n_ans):
-                # Token at position i is predicted by the logits at i - 1; answers sit at the end.
-                targets = input_ids[row, width - n:]
-                out.append(float(logp[row, width - n - 1:width - 1].gather(1, targets[:, None]).sum()))
+                targets = input_ids[row, input_ids.shape[1] - n:]
+                out.append(float(logp[row, k - n - 1:k - 1].gather(1, targets[:, None]).sum()))
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -230,6 +265,34 @@ class HFBackend(Backend):
             "dtype": str(next(self.model.parameters()).dtype),
             "prompt_format": "chat" if self.chat else "plain",
         }
+
+
+# A prefix shorter than this is not worth a separate forward pass and a cache copy.
+MIN_SHARED_PREFIX = 32
+
+
+def shared_prefix_groups(seqs: list[list[int]], min_prefix: int) -> list[tuple[int, list[int]]]:
+    """Runs of consecutive sequences that share their first >= min_prefix tokens, as
+    (prefix length, indices); every other sequence is a group of its own with prefix length 0.
+    A run's prefix is what its first two members share; later members must share all of it. The
+    prefix always leaves each member at least one token of its own (whose logits are read)."""
+    groups: list[tuple[int, list[int]]] = []
+    for i, seq in enumerate(seqs):
+        if groups and i > 0:
+            plen, idx = groups[-1]
+            first = seqs[idx[0]]
+            n = 0
+            limit = min(len(first), len(seq)) - 1
+            while n < limit and first[n] == seq[n]:
+                n += 1
+            # A formed group takes only sequences with its whole prefix: the aspects of the next
+            # answer share less (question and narrative) and start their own, longer-prefixed group.
+            if n >= min_prefix and (len(idx) == 1 or n >= plen):
+                n = n if len(idx) == 1 else plen
+                groups[-1] = (n, idx + [i])
+                continue
+        groups.append((0, [i]))
+    return [(plen if len(idx) > 1 else 0, idx) for plen, idx in groups]
 
 
 def label_token_ids(encode: Callable[[str], list[int]], label: str, model: str = "") -> list[int]:

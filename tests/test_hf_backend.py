@@ -1,0 +1,68 @@
+"""The hf backend's judge and likelihood paths: shared-prefix scoring (the aspects of one answer
+reuse one KV cache) must give the same log-probabilities as scoring every prompt in full."""
+
+import pytest
+
+from personal_nlf import prompts
+from personal_nlf.config import RoleConfig
+from personal_nlf.llm import hf
+from personal_nlf.llm.hf import shared_prefix_groups
+
+
+def test_shared_prefix_groups_by_hand():
+    a = [1, 2, 3, 4, 5, 9]
+    b = [1, 2, 3, 4, 5, 8, 8]
+    c = [1, 2, 3, 7]          # shares only 3 tokens with a: below the minimum of 4
+    d = [1, 2, 3, 7, 6]
+    e = [5, 5, 5, 5, 5]
+    assert shared_prefix_groups([a, b, c, d, e], 4) == [(5, [0, 1]), (0, [2]), (0, [3]), (0, [4])]
+    # c shares 3 tokens with a, but a and b formed a 5-token prefix: c and d start their own group.
+    assert shared_prefix_groups([a, b, c, d, e], 3) == [(5, [0, 1]), (3, [2, 3]), (0, [4])]
+    # Identical sequences still leave each member its last token to read logits from.
+    assert shared_prefix_groups([a, a, a], 2) == [(5, [0, 1, 2])]
+    assert shared_prefix_groups([a, b, [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 6]], 2) == [(5, [0, 1, 2]), (0, [3])]
+    assert shared_prefix_groups([], 2) == []
+
+
+@pytest.fixture(scope="module")
+def judge_backend(embedded_models):
+    return hf.HFBackend(RoleConfig(batch_size=3), embedded_models)
+
+
+def _judge_prompts():
+    out = []
+    for answer in ("Practise ten minutes a day with a small sketchbook.", "Buy the most expensive paints."):
+        for aspect in ("daily routine", "low cost materials", "beginner friendly steps", "motivation"):
+            out.append(prompts.judge("How do I start drawing?", "I am a beginner with little money and time.",
+                                     aspect, "the person said so", "their post", answer))
+    return out
+
+
+def test_shared_prefix_scoring_equals_full_scoring(judge_backend, monkeypatch):
+    msgs = _judge_prompts()
+    shared = judge_backend.choice_logprobs(msgs, prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
+    seqs, _ = judge_backend._token_ids([judge_backend.render(m, prompts.JUDGE_ANSWER_PREFIX) for m in msgs])
+    groups = shared_prefix_groups(seqs, hf.MIN_SHARED_PREFIX)
+    assert [idx for _, idx in groups] == [[0, 1, 2, 3], [4, 5, 6, 7]]  # one group per answer: the path ran
+    monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 10**9)  # every prompt scored in full
+    full = judge_backend.choice_logprobs(msgs, prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
+    for s, f in zip(shared, full):
+        for c in "012":
+            assert s[c] == pytest.approx(f[c], abs=1e-3)
+    # The aspects differ, so their scores do: the suffixes were really read.
+    assert len({round(s["0"], 4) for s in shared}) > 2
+
+
+def test_answer_logprobs_equal_an_unbatched_forward_pass(judge_backend):
+    import torch
+
+    msgs = [prompts.no_pers("How do I start drawing?"), prompts.no_pers("Which paints last longest?")]
+    answers = ["Start small.", "Acrylics, kept sealed, last for years."]
+    got = judge_backend.answer_logprobs(msgs, answers)
+    for m, a, g in zip(msgs, answers, got):
+        ids_p = judge_backend.tok(judge_backend.render(m), add_special_tokens=False)["input_ids"]
+        ids_a = judge_backend.tok(a, add_special_tokens=False)["input_ids"]
+        with torch.inference_mode():
+            logp = torch.log_softmax(judge_backend.model(torch.tensor([ids_p + ids_a])).logits[0].float(), -1)
+        want = sum(float(logp[len(ids_p) - 1 + j, t]) for j, t in enumerate(ids_a))
+        assert g == pytest.approx(want, abs=1e-3)
