@@ -218,7 +218,10 @@ class TransferConfig(Section):
 class JudgeConfig(Section):
     # generate: the reference protocol (JSON match_score, retried at rising temperature).
     # logprob: expected score from P("0"), P("1"), P("2") after the same prompt; never fails.
-    method: Literal["generate", "logprob"] = "logprob"
+    # verifier: aspects that carry a machine `check` (data: rubric_aspects[].check) are scored
+    # 0/1/2 deterministically (personal_nlf.verifier); the others go to `fallback_method`.
+    method: Literal["generate", "logprob", "verifier"] = "logprob"
+    fallback_method: Literal["generate", "logprob"] = "logprob"
     retry_temperatures: list[float] = Field(default_factory=lambda: [0.0, 0.3, 0.6, 1.0])
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import polars as pl
 
+from . import verifier
 from .io import read_jsonl
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
@@ -32,6 +33,19 @@ class Aspect:
     aspect: str
     reason: str = ""
     evidence: str = ""
+    # Optional machine check (personal_nlf.verifier.CHECK_TYPES), scored by judge.method=verifier.
+    check: dict | None = None
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    """Two responses to the record's question: `chosen` fits the record's user (persona
+    `chosen_persona`), `rejected` fits another persona. Judge/training signal only."""
+
+    chosen: str
+    rejected: str
+    chosen_persona: str = ""
+    rejected_persona: str = ""
 
 
 @dataclass(frozen=True)
@@ -48,11 +62,16 @@ class Record:
     narrative: str = ""
     rubric_aspects: tuple[Aspect, ...] = ()
     profile: tuple[ProfileItem, ...] = ()
+    # Controlled-persona data only (data/persona): the user's ground-truth persona and preference
+    # pairs. Like narrative and rubric, for judging and training signals only, never a prompt.
+    persona: str | None = None
+    pairs: tuple[PreferencePair, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["rubric_aspects"] = list(d["rubric_aspects"])
         d["profile"] = list(d["profile"])
+        d["pairs"] = list(d["pairs"])
         return d
 
     @staticmethod
@@ -61,9 +80,19 @@ class Record:
             id=d["id"],
             question=d["question"],
             narrative=d.get("narrative") or "",
-            rubric_aspects=tuple(Aspect(**a) for a in d.get("rubric_aspects") or ()),
+            rubric_aspects=tuple(_aspect_from(a) for a in d.get("rubric_aspects") or ()),
             profile=tuple(ProfileItem(**p) for p in d.get("profile") or ()),
+            persona=d.get("persona"),
+            pairs=tuple(PreferencePair(**p) for p in d.get("pairs") or ()),
         )
+
+
+def _aspect_from(a: dict[str, Any]) -> Aspect:
+    """An Aspect from a dict; `check` may be a dict or, in prepared parquet, its JSON text."""
+    check = a.get("check")
+    if isinstance(check, str):
+        check = json.loads(check)
+    return Aspect(a["aspect"], a.get("reason") or "", a.get("evidence") or "", check or None)
 
 
 @dataclass
@@ -185,7 +214,31 @@ def validate_rows(
                 name = _nonempty_str(a, "aspect", lambda k, m, f=f: where(f"{f}.{k}", m), problems)
                 reason = _nonempty_str(a, "reason", lambda k, m, f=f: where(f"{f}.{k}", m), problems, required=False)
                 evidence = _nonempty_str(a, "evidence", lambda k, m, f=f: where(f"{f}.{k}", m), problems, required=False)
-                aspects.append(Aspect(name, reason, evidence))
+                check = a.get("check")
+                if check is not None:
+                    bad = verifier.validate_check(check)
+                    if bad:
+                        problems.append(where(f"{f}.check", bad))
+                aspects.append(Aspect(name, reason, evidence, check))
+
+        persona = rec.get("persona")
+        if persona is not None and not isinstance(persona, str):
+            problems.append(where("persona", f"expected a string, got {_type_name(persona)}"))
+        pairs: list[PreferencePair] = []
+        pr = rec.get("pairs")
+        if pr is not None and not isinstance(pr, list):
+            problems.append(where("pairs", f"expected a list, got {_type_name(pr)}"))
+        for j, pair in enumerate(pr if isinstance(pr, list) else []):
+            f = f"pairs[{j}]"
+            if not isinstance(pair, dict):
+                problems.append(where(f, f"expected an object, got {_type_name(pair)}"))
+                continue
+            pw = lambda k, m, f=f: where(f"{f}.{k}", m)
+            vals = [_nonempty_str(pair, k, pw, problems, required=k in ("chosen", "rejected"))
+                    for k in ("chosen", "rejected", "chosen_persona", "rejected_persona")]
+            if vals[0] and vals[0] == vals[1]:
+                problems.append(where(f, "chosen and rejected are the same text"))
+            pairs.append(PreferencePair(*vals))
 
         items: list[ProfileItem] = []
         prof = rec.get("profile")
@@ -230,7 +283,8 @@ def validate_rows(
                 report.empty_profiles += 1
                 report.warnings.append(f"{source}: {label}: empty profile (falls back to no retrieval)")
         if len(problems) == n_before:
-            records.append(Record(rid, question, narrative, tuple(aspects), tuple(items)))
+            records.append(Record(rid, question, narrative, tuple(aspects), tuple(items),
+                                  persona if isinstance(persona, str) else None, tuple(pairs)))
     report.n_records = len(records)
     if problems:
         records = []
@@ -309,13 +363,23 @@ PREPARED_SCHEMA = {
     "id": pl.String,
     "question": pl.String,
     "narrative": pl.String,
-    "rubric_aspects": pl.List(pl.Struct({"aspect": pl.String, "reason": pl.String, "evidence": pl.String})),
+    # check: the aspect's machine check as JSON text (null when none): check types differ in fields.
+    "rubric_aspects": pl.List(pl.Struct({"aspect": pl.String, "reason": pl.String, "evidence": pl.String,
+                                         "check": pl.String})),
     "profile": pl.List(pl.Struct({"id": pl.String, "text": pl.String, "category": pl.String})),
+    "persona": pl.String,
+    "pairs": pl.List(pl.Struct({"chosen": pl.String, "rejected": pl.String, "chosen_persona": pl.String,
+                                "rejected_persona": pl.String})),
 }
 
 
 def records_to_frame(records: list[Record], domain: str, split: str) -> pl.DataFrame:
-    rows = [{"domain": domain, "split": split, **r.to_dict()} for r in records]
+    rows = []
+    for r in records:
+        d = r.to_dict()
+        for a in d["rubric_aspects"]:
+            a["check"] = None if a["check"] is None else json.dumps(a["check"], sort_keys=True, ensure_ascii=False)
+        rows.append({"domain": domain, "split": split, **d})
     return pl.DataFrame(rows, schema=PREPARED_SCHEMA)
 
 

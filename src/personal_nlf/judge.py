@@ -34,6 +34,7 @@ class JudgeItem:
     reason: str
     evidence: str
     response: str
+    check: dict | None = None  # a machine check (verifier.CHECK_TYPES); the verifier method scores it
 
     def messages(self):
         return prompts.judge(self.question, self.narrative, self.aspect, self.reason, self.evidence, self.response)
@@ -50,7 +51,7 @@ def judge_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role
     todo = [it for it in items if it.key not in journal]
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        results = _logprob(chunk, backend) if cfg.method == "logprob" else _generate(chunk, backend, cfg, role, seed)
+        results = _score_chunk(chunk, backend, cfg, role, seed)
         for it, res in zip(chunk, results):
             journal.add(it.key, res)
     return {it.key: journal.done[it.key] for it in items}
@@ -62,7 +63,7 @@ def score_items(items: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role
     out: list[dict[str, Any]] = []
     for start in range(0, len(items), chunk_size):
         chunk = items[start:start + chunk_size]
-        out.extend(_logprob(chunk, backend) if cfg.method == "logprob" else _generate(chunk, backend, cfg, role, seed))
+        out.extend(_score_chunk(chunk, backend, cfg, role, seed))
     return out
 
 
@@ -98,7 +99,7 @@ def judge_answers(answers: list[Answer], backend: Backend, params: Params, journ
         for a_idx, a in enumerate(ans.aspects):
             aspect, reason, evidence = _aspect_fields(a)
             items.append(JudgeItem(f"{ans.key}#{a_idx}", ans.question, ans.narrative, aspect, reason, evidence,
-                                   ans.response))
+                                   ans.response, _aspect_check(a)))
             owner.append((ans, a_idx, aspect))
     cfg, role = params.judge, params.models.judge
     chunk = max(16, role.batch_size)  # judge batches are short prompts; small chunks starve the backend
@@ -119,6 +120,40 @@ def judge_answers(answers: list[Answer], backend: Backend, params: Params, journ
     for it, (ans, _, _) in zip(items, owner):
         per_answer.setdefault(ans.key, []).append(scored[it.key]["score"])
     return rows, {ans.key: metrics.question_score(per_answer.get(ans.key, [])) for ans in answers}
+
+
+def _aspect_check(a) -> dict | None:
+    """The aspect's machine check (data.Aspect.check or a dict's "check"), or None."""
+    return a.get("check") if isinstance(a, dict) else getattr(a, "check", None)
+
+
+def _score_chunk(chunk: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role: RoleConfig,
+                 seed: int) -> list[dict[str, Any]]:
+    if cfg.method == "verifier":
+        return _verifier(chunk, backend, cfg, role, seed)
+    return _logprob(chunk, backend) if cfg.method == "logprob" else _generate(chunk, backend, cfg, role, seed)
+
+
+def _verifier(chunk: list[JudgeItem], backend: Backend, cfg: JudgeConfig, role: RoleConfig,
+              seed: int) -> list[dict[str, Any]]:
+    """Aspects with a check: scored by personal_nlf.verifier (outcome "verified", no model call).
+    The rest: cfg.fallback_method's LLM judge, with that method's outcomes (so outcome_counts
+    says how many aspects each way scored)."""
+    from . import verifier
+
+    results: list[dict[str, Any] | None] = [None] * len(chunk)
+    rest = []
+    for i, it in enumerate(chunk):
+        if it.check:
+            results[i] = verifier.score(it.check, it.response)
+        else:
+            rest.append(i)
+    if rest:
+        todo = [chunk[i] for i in rest]
+        llm = _logprob(todo, backend) if cfg.fallback_method == "logprob" else _generate(todo, backend, cfg, role, seed)
+        for i, r in zip(rest, llm):
+            results[i] = r
+    return results
 
 
 def _logprob(chunk: list[JudgeItem], backend: Backend) -> list[dict[str, Any]]:
