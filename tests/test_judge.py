@@ -131,9 +131,10 @@ def _hf_backend():
     be = HFBackend.__new__(HFBackend)  # no model load: a fixed next-token distribution
     be.role, be.tok = RoleConfig(batch_size=2), types.SimpleNamespace(encode=lambda s, add_special_tokens: toy_encode(s))
     be.render = lambda p, prefix="": "prompt"
-    be._encode = lambda texts: (torch.zeros((len(texts), 1), dtype=torch.long), torch.ones((len(texts), 1)), [1], [False])
+    be._token_ids = lambda texts: ([[1]] * len(texts), [False] * len(texts))  # one token: no shared prefix
+    be._pad = lambda seqs, side="left": (torch.zeros((len(seqs), 1), dtype=torch.long), torch.ones((len(seqs), 1)))
     logits = torch.log(torch.tensor(PROBS))
-    be.model = lambda input_ids, attention_mask: types.SimpleNamespace(logits=logits.repeat(len(input_ids), 1, 1))
+    be.model = lambda input_ids, attention_mask, **_: types.SimpleNamespace(logits=logits.repeat(len(input_ids), 1, 1))
     return be
 
 
