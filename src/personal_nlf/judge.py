@@ -107,7 +107,7 @@ def judge_answers(answers: list[Answer], backend: Backend, params: Params, journ
     if journal_path is None:
         scored = dict(zip([it.key for it in items], score_items(items, backend, cfg, role, params.seed, chunk)))
     else:
-        fp = stable_hash({**fingerprint_fields(cfg, role, backend), "items": [it.messages() for it in items]})
+        fp = stable_hash({**fingerprint_fields(cfg, role, backend), "items": [[it.messages(), it.check] for it in items]})
         journal = Journal(journal_path, fp, log=log.info)
         scored = judge_items(items, backend, cfg, role, journal, seed=params.seed, chunk_size=chunk)
     rows = [{**ans.meta, "aspect_index": a_idx, "aspect": aspect, "judge_method": cfg.method, **scored[it.key]}
