@@ -1,6 +1,7 @@
 """Stage report: the results table (metrics/report.md + .json), paired tests, plot data."""
 
 import json
+from pathlib import Path
 
 from personal_nlf import report, stage, tracking
 from personal_nlf.io import write_json_atomic, write_text_atomic
@@ -37,6 +38,8 @@ def main(args, params):
             rep["transfer"] = transfer.get("generators", {})
             md += report.transfer_markdown(transfer)
         write_text_atomic(args.markdown, md)
+        # Not a DVC output: wall-clock figures change on every run (the results above must not).
+        write_text_atomic(Path(args.markdown).with_name("timings.md"), report.timings_markdown(spec))
         write_json_atomic(args.json, rep)
         write_json_atomic(args.plot, report.domain_plot_rows(rep))
         for name, plot in plots.items():

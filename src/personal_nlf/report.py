@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from . import metrics
+from . import metrics, provenance
 from .config import DOMAINS
 from .io import read_jsonl
 
@@ -48,7 +48,7 @@ def build(rows: dict[str, dict[str, Any]], seed: int = 0, reference_key: dict[st
             "method": name,
             "domains": {d: m["domains"].get(d, {}).get("score") for d in domains},
             "macro": m["macro"], "macro_ci95": m["macro_ci95"], "n": m["n"],
-            "s_per_query": m["s_per_query"], "prompt_tokens_per_query": m["prompt_tokens_per_query"],
+            "prompt_tokens_per_query": m["prompt_tokens_per_query"],
             "judge_failures": m.get("judge_failures", 0),
             # Logprob judge: probability mass on the labels (judge.label_mass_summary); None otherwise.
             "judge_label_mass": m.get("judge_label_mass"),
@@ -93,7 +93,7 @@ def _f(v, nd=3):
 
 def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
     doms = rep["domains"]
-    head = ["method"] + [SHORT.get(d, d) for d in doms] + ["macro", "95% CI", "n", "s/query", "prompt tok/q",
+    head = ["method"] + [SHORT.get(d, d) for d in doms] + ["macro", "95% CI", "n", "prompt tok/q",
                                                            "ctx reduction", "judge fails", "label mass", "JSON answers", "paper macro",
                                                            "paper s/q"]
     lines = ["# Results", "", title_note, "",
@@ -101,7 +101,7 @@ def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
     for r in rep["table"]:
         cells = [r["method"]] + [_f(r["domains"][d]) for d in doms] + [
             _f(r["macro"]), f"[{_f(r['macro_ci95'][0])}, {_f(r['macro_ci95'][1])}]", str(r["n"]),
-            _f(r["s_per_query"], 2), _f(r["prompt_tokens_per_query"], 0),
+            _f(r["prompt_tokens_per_query"], 0),
             "—" if r.get("context_reduction_ratio") is None else f"{r['context_reduction_ratio']:.2f}×",
             str(r["judge_failures"]), _mass(r),
             f"{100 * r['answer_json_rate']:.0f}%", _f(r["paper_macro"]), _f(r["paper_s_per_query"], 2)]
@@ -136,6 +136,20 @@ def to_markdown(rep: dict[str, Any], title_note: str = "") -> str:
         lines.append(f"| {t['a']} | {t['b']} | {t['n']} | {_f(t['diff'], 4)} | {_f(t['p_value'], 4)} | "
                      f"{_f(t.get('p_value_holm'), 4)} | {_f(macro.get('p_value'), 4)} | "
                      f"{_f(macro.get('p_value_holm'), 4)} | {doms} |")
+    return "\n".join(lines) + "\n"
+
+
+def timings_markdown(spec: dict[str, tuple[str, str]]) -> str:
+    """Seconds per query of each row, from the run records beside the metrics files (wall-clock
+    figures live there, never in a result: see provenance.write_run_record)."""
+    lines = ["# Timings", "", "Wall-clock generation time per query (judging not included) of the run that wrote each "
+             "row's metrics; machine-dependent, so kept out of the results.", "",
+             "| method | s/query | generation s | queries | git revision | finished |", "|---|---|---|---|---|---|"]
+    for name, (mpath, _) in spec.items():
+        run_path = provenance.run_record_path(mpath)
+        t = json.loads(run_path.read_text()) if run_path.exists() else {}
+        lines.append(f"| {name} | {_f(t.get('s_per_query'), 2)} | {_f(t.get('generation_seconds'), 1)} | "
+                     f"{t.get('queries', '—')} | {str(t.get('git_revision', '—'))[:12]} | {t.get('finished_at', '—')} |")
     return "\n".join(lines) + "\n"
 
 
