@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from personal_nlf import data, evaluate, prompts, verifier
+from leakcheck import recording_pool
 from personal_nlf.config import DOMAINS, SPLITS, Params
-from personal_nlf.llm.base import Backend, Generation
 
 ROOT = Path(__file__).resolve().parents[1]
 PERSONA = ROOT / "data" / "persona"
@@ -131,32 +131,6 @@ def secrets_of(r: data.Record) -> list[str]:
     return [s for s in out if s]
 
 
-class Recorder(Backend):
-    name = "recorder"
-
-    def __init__(self, who, log):
-        self.who, self.log = who, log
-
-    def generate(self, prompts_, sampling):
-        self.log.extend((self.who, p) for p in prompts_)
-        text = {"planner": '{"aspects": ["cost"]}'}.get(self.who, '{"personalized_answer": "- a\\n- b\\n- c"}')
-        return [[Generation(text, 10, 5, 0.0)] * sampling.n for _ in prompts_]
-
-    def describe(self):
-        return {"backend": "recorder", "model": self.who}
-
-
-class Pool:
-    def __init__(self, log):
-        self.log = log
-
-    def get(self, role):
-        return Recorder(role.model, self.log)
-
-    def close(self):
-        pass
-
-
 def eval_records(split="test", n=8):
     out = []
     for d in DOMAINS:
@@ -176,7 +150,7 @@ def test_evaluation_prompts_never_carry_the_persona(method, tmp_path):
     ers, log = eval_records(), []
     params = Params.model_validate({"models": {r: {"model": r} for r in ("policy", "planner", "judge")}})
     summaries = {er.key: "The user likes short answers." for er in ers}
-    evaluate.answer(method, ers, params, Pool(log), tmp_path, policy=params.models.policy, summaries=summaries)
+    evaluate.answer(method, ers, params, recording_pool(log)(), tmp_path, policy=params.models.policy, summaries=summaries)
     seen = [p for who, p in log if who in ("policy", "planner")]
     assert len(seen) == len(ers) * (2 if method == "planpers" else 1)
     for er in ers:

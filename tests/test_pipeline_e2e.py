@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import copy_worktree, dvc, run, set_params
+from leakcheck import assert_training_prompts_hold_no_signal
 from personal_nlf.io import read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -253,11 +254,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
 
     recs = {r.id: r for d in ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
             for r in load_prepared(repo / "outputs/prepared", d, "train")}
-    for row in read_jsonl(it / "train_policy/policy_data.jsonl"):
-        r = recs[row["key"].split("/")[-1]]
-        blob = json.dumps(row["prompt"])
-        assert r.narrative not in blob
-        assert not any(a.aspect in blob or a.evidence in blob for a in r.rubric_aspects)
+    assert_training_prompts_hold_no_signal(read_jsonl(it / "train_policy/policy_data.jsonl"), recs)
     m = json.loads((repo / "metrics/nlf/iter_1.json").read_text())
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     validation = json.loads((it / "train_policy/state.json").read_text())["selection"]
@@ -289,11 +286,7 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
 
     recs = {r.id: r for d in ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
             for r in load_prepared(repo / "outputs/prepared", d, "train")}
-    for row in read_jsonl(it / "train_policy/policy_data.jsonl"):
-        r = recs[row["key"].split("/")[-1]]
-        blob = json.dumps(row["prompt"])
-        assert r.narrative not in blob
-        assert not any(a.aspect in blob or a.evidence in blob for a in r.rubric_aspects)
+    assert_training_prompts_hold_no_signal(read_jsonl(it / "train_policy/policy_data.jsonl"), recs)
     state = json.loads((it / "train_policy/state.json").read_text())
     assert (repo / state["adapter"] / "adapter_model.safetensors").exists()
     m = json.loads((repo / "metrics/offline_rl/iter_1.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 from personal_nlf import evaluate, prompts
 from personal_nlf.config import Params
 from personal_nlf.data import Aspect, ProfileItem, Record
-from personal_nlf.llm.base import Backend, Generation
+from leakcheck import recording_pool, seen_by
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -58,45 +58,9 @@ def eval_record(split="test"):
                                ["Someone else's question"])
 
 
-class Recorder(Backend):
-    """Answers every prompt plausibly and logs it under the role's model name."""
-
-    name = "recorder"
-
-    def __init__(self, who, log):
-        self.who, self.log = who, log
-
-    def generate(self, prompts_, sampling):
-        self.log.extend((self.who, p) for p in prompts_)
-        text = {"judge": '{"match_score": 1}', "planner": '{"aspects": ["cost"]}',
-                "feedback": "Mention practice time."}.get(self.who, '{"personalized_answer": "Try short lessons."}')
-        return [[Generation(text, 10, 5, 0.0)] * sampling.n for _ in prompts_]
-
-    def describe(self):
-        return {"backend": "recorder", "model": self.who}
-
-
-def recording_pool(log):
-    class Pool:
-        def __init__(self, *a, **k):
-            pass
-
-        def get(self, role):
-            return Recorder(role.model, log)
-
-        def close(self):
-            pass
-
-    return Pool
-
-
 # Every role is named after itself, so the log says who saw what.
 ROLES = {"models": {r: {"model": r} for r in ("policy", "planner", "feedback", "judge", "summarizer", "generator")},
          "judge": {"method": "generate"}}
-
-
-def seen_by(log, who):
-    return json.dumps([p for w, p in log if w == who])
 
 
 def leaked(text):

@@ -1,0 +1,155 @@
+"""The README's result tables, generated from committed files (never typed by hand).
+
+Each generated block in README.md sits between two markers naming its generator:
+
+    <!-- generated:results -->
+    ...
+    <!-- /generated:results -->
+
+    python scripts/readme_results.py            # rewrite every block from the committed files
+    python scripts/readme_results.py --check    # exit 1 if a block differs (tests/test_readme.py)
+    python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
+
+Sources: metrics/report.json (the report stage), metrics/*.run.json and metrics/**/iter_*.run.json
+(run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
+logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SHORT = {"Art_and_Entertainment": "A&E", "Lifestyle_and_Personal_Development": "Lifestyle",
+         "Society_and_Culture": "Society"}
+BLOCK = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.DOTALL)
+
+
+def _f(v, nd=3) -> str:
+    return "—" if v is None else f"{v:.{nd}f}"
+
+
+def _p(v) -> str:
+    return "—" if v is None else ("<0.001" if v < 0.001 else f"{v:.3f}")
+
+
+def results(root: Path) -> str:
+    """The report's main table with the paired comparison of each row against the best baseline."""
+    rep = json.loads((root / "metrics/report.json").read_text())
+    doms = rep["domains"]
+    tests = {t["a"]: t for t in rep["paired_tests"] if t["b"] == rep["best_baseline"]}
+    head = ["method"] + [SHORT.get(d, d) for d in doms] + [
+        "macro", "95% CI", "n", "prompt tok/q", f"diff vs {rep['best_baseline']}", "perm. p (Holm)", "t p (Holm)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rep["table"]:
+        t = tests.get(r["method"], {})
+        tm = (t.get("t_test") or {}).get("macro") or {}
+        best = r["method"] == rep["best_baseline"]
+        lines.append("| " + " | ".join(
+            [f"**{r['method']}**" if best else r["method"]] + [_f(r["domains"].get(d)) for d in doms] + [
+                _f(r["macro"]), f"[{_f(r['macro_ci95'][0])}, {_f(r['macro_ci95'][1])}]", str(r["n"]),
+                _f(r["prompt_tokens_per_query"], 0),
+                "(best baseline)" if best else _f(t.get("diff"), 3),
+                "" if best else f"{_p(t.get('p_value'))} ({_p(t.get('p_value_holm'))})",
+                "" if best else f"{_p(tm.get('p_value'))} ({_p(tm.get('p_value_holm'))})"]) + " |")
+    extra = [t for t in rep["paired_tests"] if t["b"] != rep["best_baseline"]]
+    for t in extra:  # e.g. rag vs no_pers when neither is the best baseline
+        tm = (t.get("t_test") or {}).get("macro") or {}
+        lines.append("")
+        lines.append(f"{t['a']} vs {t['b']}: {_f(t['diff'])}, permutation p {_p(t['p_value'])} "
+                     f"(Holm {_p(t.get('p_value_holm'))}), t-test p {_p(tm.get('p_value'))}.")
+    return "\n".join(lines) + "\n"
+
+
+def stage_times_from_logs(root: Path) -> dict[str, float]:
+    """Seconds of each stage's last run, from logs/<stage>.log ("done in X s" after the last "start:")."""
+    out = {}
+    for log in sorted((root / "logs").glob("*.log")):
+        last = None
+        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if " start: " in line:
+                last = None
+            m = re.search(r" done in ([\d.]+) s$", line)
+            if m:
+                last = float(m.group(1))
+        if last is not None:
+            out[log.stem] = last
+    return out
+
+
+def timings(root: Path) -> str:
+    """Seconds per query (run records) and per stage (metrics/stage_times.json)."""
+    stages = json.loads((root / "metrics/stage_times.json").read_text())
+    rep = json.loads((root / "metrics/report.json").read_text())
+    lines = ["| method | s/query (generation) |", "|---|---|"]
+    for r in rep["table"]:
+        name = r["method"]
+        loop, _, t = name.partition("@")
+        mpath = root / ("metrics" if not t else f"metrics/{loop}") / (f"{name}.json" if not t else f"iter_{t}.json")
+        run = mpath.with_name(mpath.stem + ".run.json")
+        s = json.loads(run.read_text())["s_per_query"] if run.exists() else None
+        lines.append(f"| {name} | {_f(s, 2)} |")
+    total = sum(stages["seconds"].values())
+    lines += ["", f"Stages of that run ({stages['date']}, {stages['machine']}): {len(stages['seconds'])} stages, "
+              f"{total / 60:.1f} min of stage time in all (the sum of the stages' own durations; "
+              f"wall time of the whole `dvc repro`: {stages['wall_minutes']} min).", "",
+              "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in sorted(stages["seconds"].items(), key=lambda kv: -kv[1])]
+    return "\n".join(lines) + "\n"
+
+
+def benchmarks(root: Path) -> str:
+    """The ratio table at the top of benchmarks/RESULTS.md, with its date and revision."""
+    text = (root / "benchmarks/RESULTS.md").read_text()
+    head = {k: v for k, v in re.findall(r"^- (Date|Machine|Git revision|Command): (.*)$", text, re.M)[:4]}
+    table = re.search(r"## Ratios at a glance\n\n(.*?\n)\n", text, re.DOTALL).group(1)
+    return (f"From `benchmarks/RESULTS.md` ({head.get('Date')}, git {head.get('Git revision')}, "
+            f"{head.get('Machine')}; `{head.get('Command')}`):\n\n{table}")
+
+
+GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    def repl(m):
+        name = m.group("name")
+        if name not in GENERATORS:
+            raise SystemExit(f"README.md: unknown generated block {name!r} (known: {', '.join(GENERATORS)})")
+        return m.group(1) + GENERATORS[name](root) + m.group(4)
+    return BLOCK.sub(repl, readme)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from its sources")
+    ap.add_argument("--stage-times", action="store_true",
+                    help="write metrics/stage_times.json from logs/ (after a full `dvc repro`)")
+    ap.add_argument("--wall-minutes", type=float, default=None, help="with --stage-times: measured wall time")
+    ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
+    args = ap.parse_args(argv)
+    if args.stage_times:
+        import time
+
+        (ROOT / "metrics/stage_times.json").write_text(json.dumps(
+            {"date": time.strftime("%Y-%m-%d"), "machine": args.machine, "wall_minutes": args.wall_minutes,
+             "seconds": stage_times_from_logs(ROOT)}, indent=2) + "\n")
+    path = ROOT / "README.md"
+    old = path.read_text()
+    new = render(old)
+    if args.check:
+        if new != old:
+            sys.stdout.writelines(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "README.md",
+                                                       "regenerated"))
+            return 1
+        return 0
+    path.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
