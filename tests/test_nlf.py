@@ -288,3 +288,33 @@ def test_dpo_pairs_only_where_the_judge_prefers_the_revision(tmp_path, monkeypat
     assert res == {"examples": 1, "targets": 1, "dropped_revision_not_better": 1, "dropped_revision_same_as_initial": 1}
     judged = read_jsonl(c.dir("train_policy") / "judge_scores.jsonl")
     assert sorted(r["key"].split("/")[-1] for r in judged) == ["a", "e"]  # identical pair never judged
+
+
+# ------------------------------------------------------------------ checkpoint selection
+
+
+@pytest.mark.parametrize("scores, want", [
+    ({2: 0.30, 4: 0.25, 6: 0.28}, "checkpoint-2"),   # the best validation macro
+    ({2: 0.30, 4: 0.30, 6: 0.10}, "checkpoint-4"),   # a tie goes to the later checkpoint
+    ({2: 0.10, 4: 0.20, 6: 0.30}, "checkpoint-6"),
+])
+def test_select_checkpoint_picks_the_best_validation_macro(tmp_path, monkeypatch, scores, want):
+    from personal_nlf.modes import loop
+
+    for step in scores:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    evaluated = []
+
+    def fake_evaluate(method, params, prepared, index, models_dir, out_dir, metrics_path, policy=None, split=None, **_):
+        evaluated.append((method, split, Path(policy.adapter).name))
+        return {"macro": scores[int(Path(policy.adapter).name.split("-")[1])]}
+
+    monkeypatch.setattr(evaluate, "evaluate_method", fake_evaluate)
+    c = ctx(tmp_path, "1", "0")
+    best, info = loop.select_checkpoint(c, tmp_path, c.train_config())
+    assert best.name == want and info["selected_by"] == "validation_macro"
+    assert info["scores"] == {f"checkpoint-{k}": v for k, v in scores.items()}
+    # Every checkpoint answered the validation split alone with the RAG prompt (as at evaluation).
+    assert evaluated == [("rag", "validation", f"checkpoint-{k}") for k in sorted(scores)]
+    off = c.train_config().model_copy(update={"select_on_validation": False})
+    assert loop.select_checkpoint(c, tmp_path, off) == (tmp_path / "checkpoint-6", {"selected_by": "last"})
