@@ -188,8 +188,8 @@ def main(argv=None) -> int:
     from personal_nlf.generation import generate_journaled
     from personal_nlf.io import Journal, stable_hash
     from personal_nlf.judge import JudgeItem, judge_items, outcome_counts
-    from personal_nlf.llm import sampling_for
     from personal_nlf.llm.base import Sampling
+    from personal_nlf.llm import hf as hf_backend
     from personal_nlf.llm.hf import HFBackend
 
     repo = Path(__file__).resolve().parent.parent
@@ -303,8 +303,12 @@ def main(argv=None) -> int:
         jb.choice_logprobs([jitems[0].messages()], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])  # warm-up
         jlens = [len(jb.tok(jb.render(it.messages()), add_special_tokens=False)["input_ids"]) for it in jitems]
         scored, jtimes = {}, {}
-        for method in ("logprob", "generate"):
-            cfg = JudgeConfig(method=method, retry_temperatures=params.judge.retry_temperatures)
+        shared_min = hf_backend.MIN_SHARED_PREFIX
+        # "logprob (full)": the same logprob judge with the shared-prefix path off, every aspect's
+        # prompt computed in full (the code before the aspects of one answer shared a KV cache).
+        for method in ("logprob", "logprob (full)", "generate"):
+            hf_backend.MIN_SHARED_PREFIX = 10**9 if method == "logprob (full)" else shared_min
+            cfg = JudgeConfig(method=method.split()[0], retry_temperatures=params.judge.retry_temperatures)
             log(f"[3] judge method={method}: {len(jitems)} aspects, {args.judge_repeats} run(s)")
             runs = []
             for r in range(args.judge_repeats):
@@ -315,13 +319,15 @@ def main(argv=None) -> int:
                 jj.close()
                 log(f"  {method} run {r + 1}/{args.judge_repeats}: {runs[-1]:.2f}s")
             jtimes[method] = runs
+        hf_backend.MIN_SHARED_PREFIX = shared_min
         keys = [it.key for it in jitems]
+        full_same = max(abs(scored["logprob"][k]["score"] - scored["logprob (full)"][k]["score"]) for k in keys)
         lp = [scored["logprob"][k]["score"] for k in keys]
         gen = [scored["generate"][k]["score"] for k in keys]
         ok = [i for i, k in enumerate(keys) if not scored["generate"][k]["outcome"].startswith("failed")]
         attempts = Counter(scored["generate"][k]["attempts"] for k in keys)
         judge_res = dict(
-            n=len(keys), n_records=len(jrecs), chunk=chunk, role=jrole, times=jtimes, outcomes=outcome_counts(list(scored["generate"].values())),
+            n=len(keys), n_records=len(jrecs), chunk=chunk, role=jrole, times=jtimes, full_same=full_same, outcomes=outcome_counts(list(scored["generate"].values())),
             attempts=dict(sorted(attempts.items())), lp=lp, gen=gen, ok=ok, prompt_tokens=statistics.mean(jlens),
             gen_calls=sum(scored["generate"][k]["attempts"] for k in keys),
             dist_gen=dict(sorted(Counter(int(g) for g in gen).items())),
@@ -403,8 +409,14 @@ def main(argv=None) -> int:
                  f"{statistics.mean(jr['lp']):.3f} | rounded: {jr['dist_lp']} |")
         L.append(f"| generate | {fmt_times(jr['times']['generate'])} | {mg:.2f} | {mg / nj:.3f} | {jr['gen_calls']} "
                  f"generations | {statistics.mean(jr['gen']):.3f} | {jr['dist_gen']} |")
-        L += ["", f"generate / logprob time per aspect: {mg / mlp:.1f}x", ""]
+        mfull = statistics.median(jr["times"]["logprob (full)"])
+        L.append(f"| logprob, no shared prefix (before) | {fmt_times(jr['times']['logprob (full)'])} | {mfull:.2f} | "
+                 f"{mfull / nj:.3f} | {nj} full forward passes | max |score difference| vs shared "
+                 f"{jr['full_same']:.1e} | |")
+        L += ["", f"generate / logprob time per aspect: {mg / mlp:.1f}x; logprob with a shared prefix per answer "
+              f"(after) / every prompt in full (before): {mlp / mfull:.2f}x", ""]
         RATIOS["judge generate / logprob (time per aspect)"] = mg / mlp
+        RATIOS["judge logprob shared prefix / full prompts (time per aspect; goal <= 0.5)"] = mlp / mfull
         ok = jr["ok"]
         fails = nj - len(ok)
         exact_all = sum(round_half_up(a) == int(b) for a, b in zip(jr["lp"], jr["gen"]))
