@@ -30,10 +30,11 @@
 #
 # polars is not carried: its runtime wheel is 54 MB (the device tool carries 64 MiB in all), and
 # personal_nlf imports it only for io.write_parquet_atomic, which no step here calls. When polars
-# cannot be imported, a stub module that raises on use stands in for it. personal_nlf itself comes
-# from this checkout's src/ unless a personal_nlf wheel is among WHEELS (`pip wheel --no-deps -w
-# .whl .` builds one). datasets 5.2 declares pyarrow>=24 and huggingface-hub>=1.31: the versions
-# found are printed first.
+# cannot be imported, a stub stands in for it (its classes match nothing and cannot be made).
+# personal_nlf itself comes from this checkout's src/ unless a personal_nlf wheel is among WHEELS
+# (`pip wheel --no-deps -w .whl .` builds one). datasets 5.2 declares pyarrow>=24 and
+# huggingface-hub>=1.31 (the machine's versions are not checked yet): the versions found are
+# printed first.
 set -uo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -57,9 +58,10 @@ if [ -n "${WHEELS:-}" ]; then
 fi
 # personal_nlf: a carried wheel wins; else this checkout's src/.
 pp="${pp:+$pp:}$repo/src"
-# polars stand-in, last on the path: used only when no real polars is importable (first on the
-# path with GPU_CHECK_POLARS_STUB=1, to rehearse the device machine where polars is missing).
-# datasets looks up polars.DataFrame / polars.Series in isinstance checks once polars is imported.
+# polars stand-in, put on the path only when no real polars is importable, or with
+# GPU_CHECK_POLARS_STUB=1 to rehearse the device machine here (then also GPU_CHECK_HIDE=mlflow:
+# mlflow, absent there, fails to import against the stub). datasets looks up polars.DataFrame
+# and polars.Series in isinstance checks once polars is imported.
 mkdir -p "$tmp/stub/polars"
 cat >"$tmp/stub/polars/__init__.py" <<'EOF'
 """Stand-in for polars in scripts/gpu_check.sh (polars is not installed): its classes match
@@ -87,8 +89,11 @@ class LazyFrame(_Missing):
 def __getattr__(name):
     raise AttributeError(f"polars is not installed (gpu_check stub): no polars.{name}")
 EOF
-if [ "${GPU_CHECK_POLARS_STUB:-}" = 1 ]; then pp="$tmp/stub:$pp"; fi
-export PYTHONPATH="$pp${PYTHONPATH:+:$PYTHONPATH}:$tmp/stub"
+if [ "${GPU_CHECK_POLARS_STUB:-}" = 1 ] \
+   || ! PYTHONPATH="$pp${PYTHONPATH:+:$PYTHONPATH}" "$py" -c "import polars" >/dev/null 2>&1; then
+  pp="$pp:$tmp/stub"
+fi
+export PYTHONPATH="$pp${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 export HF_DATASETS_CACHE="$tmp/hf_datasets" PERSONAL_NLF_CACHE_DIR="$tmp/cache" WANDB_DISABLED=true
 if [ "${DEVICE:-}" = "cpu" ]; then export CUDA_VISIBLE_DEVICES=""; fi
