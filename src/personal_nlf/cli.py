@@ -19,18 +19,24 @@ class CliError(Exception):
 
 
 def cmd_validate_data(args) -> int:
+    """LaMP-QA or preference-pair files (kind by each file's fields, or --kind): one located line
+    per problem on stderr, exit 1 if any file is invalid."""
+    from . import preferences
+
     worst = 0
     for path in args.paths:
-        problems, report = data.validate_file(path, require_rubric=not args.no_rubric)
-        for p in problems:
+        check = preferences.validate_file(path, kind=args.kind, require_rubric=not args.no_rubric)
+        for p in check.problems:
             print(p, file=sys.stderr)
-        if problems:
-            print(f"{path}: INVALID ({len(problems)} problem{'s' if len(problems) != 1 else ''})", file=sys.stderr)
+        if check.problems:
+            n = len(check.problems)
+            print(f"{path}: INVALID ({n} problem{'s' if n != 1 else ''})", file=sys.stderr)
             worst = 1
         else:
-            extra = f", {report.empty_profiles} empty profile(s)" if report.empty_profiles else ""
-            print(f"{path}: OK ({report.n_records} records{extra})")
-            for w in report.warnings:
+            extra = f", {check.empty_profiles} empty profile(s)" if check.empty_profiles else ""
+            extra += f", {check.n_pairs} preference pair(s)" if check.n_pairs else ""
+            print(f"{path}: OK ({check.kind}: {check.n_records} records{extra})")
+            for w in check.warnings:
                 print(f"warning: {w}", file=sys.stderr)
     return worst
 
@@ -236,10 +242,13 @@ def cmd_plan(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="personal-nlf", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    v = sub.add_parser("validate-data", help="check LaMP-QA-format files (.json/.jsonl/.parquet)")
+    v = sub.add_parser("validate-data", help="check LaMP-QA or preference-pair files (.json/.jsonl/.parquet)")
     v.add_argument("paths", nargs="+")
     v.add_argument("--no-rubric", action="store_true",
                    help="questions-only file (no narrative/rubric_aspects required)")
+    v.add_argument("--kind", choices=("auto", "lamp_qa", "pairs", "choice"), default="auto",
+                   help="data kind (default: from the first record's fields: options -> choice, "
+                        "narrative/rubric_aspects -> lamp_qa, pairs or chosen/rejected -> pairs)")
     v.set_defaults(func=cmd_validate_data)
     r = sub.add_parser("rescore", help="recompute per-domain scores, macro and CIs from kept judge scores",
                        description="Recompute per-domain scores, the macro score and bootstrap CIs from a "
