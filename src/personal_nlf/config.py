@@ -125,6 +125,13 @@ class TrainConfig(Section):
     # slower on CPU (measured). auto = on with CUDA, off on CPU.
     gradient_checkpointing: Literal["auto"] | bool = "auto"
 
+    # Data-parallel training: processes > 1 runs the training itself (TRL's trainer, nothing else)
+    # under `accelerate launch --num_processes <processes> --config_file <accelerate_config>`
+    # (configs/accelerate/: ddp, fsdp, deepspeed_zero3). Data preparation, validation selection and
+    # the adapter export stay in the stage's own process. per_device_batch_size is per process.
+    processes: int = Field(default=1, ge=1)
+    accelerate_config: str = "configs/accelerate/ddp.yaml"
+
     def use_gradient_checkpointing(self, cuda: bool) -> bool:
         return cuda if self.gradient_checkpointing == "auto" else bool(self.gradient_checkpointing)
 
@@ -204,6 +211,12 @@ class SummaryConfig(Section):
     train_generator: bool = True
     # Which iteration's summaries `export` writes (a key of nlf.iterations); None = the last one.
     export_iteration: str | None = None
+    # GRPO with models.summarizer.backend = vllm: the trainer samples the G summaries through
+    # TRL's own vLLM integration. colocate: a vLLM engine inside each training process (memory:
+    # models.summarizer.gpu_memory_utilization); server: a separate `trl vllm-serve` at host:port.
+    grpo_vllm_mode: Literal["colocate", "server"] = "colocate"
+    grpo_vllm_server_host: str = "127.0.0.1"
+    grpo_vllm_server_port: int = Field(default=8000, ge=1, le=65535)
 
 
 class TransferConfig(Section):

@@ -34,6 +34,33 @@ class GRPOSettings:
     beta: float  # KL coefficient to the reference (the base model with the adapter disabled)
     max_completion_length: int
     temperature: float
+    # Sampling of the G completions through TRL's own vLLM integration. None: when the trained
+    # role's backend is vllm (summary.grpo_vllm_* give mode and server). colocate: an engine in each
+    # training process, sized by the role's gpu_memory_utilization / tensor_parallel_size /
+    # max_model_len; server: a separate `trl vllm-serve` at host:port. TRL calls each reward
+    # function once per generation batch (all completions of the batch on this process).
+    use_vllm: bool | None = None
+    vllm_mode: str = "colocate"
+    vllm_server_host: str = "127.0.0.1"
+    vllm_server_port: int = 8000
+
+
+def _grpo_args(grpo: GRPOSettings, role: RoleConfig) -> dict[str, Any]:
+    """GRPOConfig arguments beyond the common ones."""
+    args: dict[str, Any] = dict(num_generations=grpo.num_generations, beta=grpo.beta,
+                                max_completion_length=grpo.max_completion_length, temperature=grpo.temperature,
+                                log_completions=False)  # completions may quote profiles: never logged
+    use_vllm = role.backend == "vllm" if grpo.use_vllm is None else grpo.use_vllm
+    if use_vllm:
+        if grpo.vllm_mode not in ("colocate", "server"):
+            raise ConfigError(f"GRPO vllm_mode must be colocate or server, not {grpo.vllm_mode!r}")
+        args.update(use_vllm=True, vllm_mode=grpo.vllm_mode)
+        if grpo.vllm_mode == "colocate":
+            args.update(vllm_gpu_memory_utilization=role.gpu_memory_utilization,
+                        vllm_tensor_parallel_size=role.tensor_parallel_size, vllm_max_model_length=role.max_model_len)
+        else:
+            args.update(vllm_server_host=grpo.vllm_server_host, vllm_server_port=grpo.vllm_server_port)
+    return args
 
 
 def _lora_config(cfg: TrainConfig):
@@ -43,10 +70,12 @@ def _lora_config(cfg: TrainConfig):
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
 
 
-def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[str]) -> dict[str, Any]:
+def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[str],
+                 device: str | None = None) -> dict[str, Any]:
+    """device: the trained role's resolved device (hf.pick_device(role.device)); None = CUDA if present."""
     import torch
 
-    cuda = torch.cuda.is_available()
+    cuda = device.startswith("cuda") if device is not None else torch.cuda.is_available()
     gc = cfg.use_gradient_checkpointing(cuda)
     return dict(
         output_dir=str(work_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_batch_size,
@@ -109,23 +138,33 @@ def checkpoints(work_dir: str | Path) -> list[Path]:
     return sorted(Path(work_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
 
 
-def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainConfig,
-          work_dir: str | Path, seed: int, init_adapter: str | None = None, report_to: list[str] | None = None,
-          grpo: GRPOSettings | None = None) -> dict[str, Any]:
-    """Train a LoRA adapter. rows: {"prompt": Messages, "completion": Messages} for sft;
-    {"prompt", "chosen", "rejected"} for dpo; {"prompt", <columns the rewards read>} for grpo.
-    Returns the trainer's log history summary."""
-    from datasets import Dataset
-
-    if not rows:
-        raise ValueError("no training examples")
-    work_dir = Path(work_dir)
-    _claim_work_dir(work_dir, {
+def work_fingerprint(objective: str, rows: list[dict[str, Any]], role: RoleConfig, cfg: TrainConfig, seed: int,
+                     init_adapter: str | None, grpo: GRPOSettings | None = None) -> dict[str, Any]:
+    """What a work folder's checkpoints were trained with (they are resumed only by the same)."""
+    return {
         "objective": objective, "rows": stable_hash(rows), "role": role.model_dump(mode="json"),
         "train": cfg.model_dump(mode="json"), "seed": seed, "init_adapter": init_adapter,
         "init_adapter_hash": folder_hash(init_adapter) if init_adapter else None,
         "grpo": None if grpo is None else {k: v for k, v in vars(grpo).items() if k != "reward_funcs"}
-                                          | {"rewards": [getattr(f, "__name__", type(f).__name__) for f in grpo.reward_funcs]}})
+                                          | {"rewards": [getattr(f, "__name__", type(f).__name__) for f in grpo.reward_funcs]}}
+
+
+def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainConfig,
+          work_dir: str | Path, seed: int, init_adapter: str | None = None, report_to: list[str] | None = None,
+          grpo: GRPOSettings | None = None, claim: bool = True) -> dict[str, Any]:
+    """Train a LoRA adapter. rows: {"prompt": Messages, "completion": Messages} for sft;
+    {"prompt", "chosen", "rejected"} for dpo; {"prompt", <columns the rewards read>} for grpo.
+    Returns the trainer's log history summary. Under `accelerate launch` every rank calls this
+    (claim=False: the launching process claimed the work folder before starting them)."""
+    from datasets import Dataset
+
+    from .llm.hf import pick_device
+
+    if not rows:
+        raise ValueError("no training examples")
+    work_dir = Path(work_dir)
+    if claim:
+        _claim_work_dir(work_dir, work_fingerprint(objective, rows, role, cfg, seed, init_adapter, grpo))
     model, tok = _model(role, models_dir, init_adapter)
     peft_config = None if init_adapter else _lora_config(cfg)
     ds = Dataset.from_list(rows)
@@ -133,7 +172,7 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
         # The trainer's params (its own seed among them) go to a run nested under the stage's run:
         # logged into the stage's run they clash with its `seed` and MLflow rejects them.
         os.environ["MLFLOW_NESTED_RUN"] = "TRUE"
-    args = _common_args(cfg, work_dir, seed, report_to or [])
+    args = _common_args(cfg, work_dir, seed, report_to or [], device=pick_device(role.device))
     if objective == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -151,11 +190,8 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
             raise ValueError("objective grpo needs GRPOSettings (reward functions, G, beta)")
         # One prompt per device step: the batch counts completions and must be a multiple of G.
         args.update(per_device_train_batch_size=grpo.num_generations, remove_unused_columns=False)  # rewards read columns
-        trainer = GRPOTrainer(
-            model=model, reward_funcs=grpo.reward_funcs, train_dataset=ds, processing_class=tok, peft_config=peft_config,
-            args=GRPOConfig(**args, num_generations=grpo.num_generations, beta=grpo.beta,
-                            max_completion_length=grpo.max_completion_length, temperature=grpo.temperature,
-                            log_completions=False))  # completions may quote profiles: never logged
+        trainer = GRPOTrainer(model=model, reward_funcs=grpo.reward_funcs, train_dataset=ds, processing_class=tok,
+                              peft_config=peft_config, args=GRPOConfig(**args, **_grpo_args(grpo, role)))
     else:
         raise ValueError(f"unknown objective {objective!r}")
     kept = len(trainer.train_dataset)
@@ -169,16 +205,21 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
         log.info("resuming training from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
     # Make sure the final state is a checkpoint too (max_steps may not be a multiple of save_steps).
+    # Every rank decides the same (after a barrier): FSDP / ZeRO-3 saves need all ranks.
+    trainer.accelerator.wait_for_everyone()
     final = work_dir / f"checkpoint-{trainer.state.global_step}"
     if not final.exists():
         trainer.save_model(str(final))
+    trainer.accelerator.wait_for_everyone()
     history = [h for h in trainer.state.log_history if "loss" in h]
     losses = [h["loss"] for h in history]
     log.info("%s on %d examples: %d steps, loss per step %s (mean %.4f)", objective, len(rows),
              trainer.state.global_step, [round(x, 4) for x in losses], result.training_loss)
     stats = {"steps": trainer.state.global_step, "train_loss": round(float(result.training_loss), 5),
              "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
-             "loss_curve": losses}
+             "loss_curve": losses, "world_size": trainer.accelerator.num_processes,
+             "distributed_type": trainer.accelerator.distributed_type.value,
+             "backend": trainer.accelerator.state.backend}  # e.g. MULTI_CPU over gloo, MULTI_GPU over nccl
     if objective == "grpo":
         # Per step: reward mean/std, KL to the untrained model, summary length (TRL's names).
         keys = ("reward", "reward_std", "kl", "completions/mean_length", "entropy")
@@ -206,8 +247,19 @@ def fit_and_export(objective: str, rows: list[dict[str, Any]], role: RoleConfig,
         write_json_atomic(out / "state.json", {"adapter": init_adapter, **state,
                                                "skipped": f"no {objective} training examples"})
         return {"examples": 0, "skipped": 1}
-    stats = train(objective, rows, role, models_dir, cfg, work_dir, seed=seed, init_adapter=init_adapter,
-                  report_to=report_to, grpo=grpo)
+    if cfg.processes > 1 and grpo is not None:
+        # The reward functions (generator, judge) live in this process and cannot be sent to ranks.
+        log.warning("train.processes=%d: GRPO trains in this one process (its reward functions run here); "
+                    "the other objectives train under accelerate launch", cfg.processes)
+    if cfg.processes > 1 and grpo is None:
+        from . import launch
+
+        # Only the trainer runs in the ranks; selection, export and state stay in this process.
+        stats = launch.train_distributed(objective, rows, role, models_dir, cfg, work_dir, seed=seed,
+                                         init_adapter=init_adapter, report_to=report_to)
+    else:
+        stats = train(objective, rows, role, models_dir, cfg, work_dir, seed=seed, init_adapter=init_adapter,
+                      report_to=report_to, grpo=grpo)
     chosen, selection = select(work_dir) if select else (checkpoints(work_dir)[-1], {"selected_by": "last"})
     adapter = export_adapter(chosen, out / "adapter")
     write_json_atomic(out / "state.json", {"adapter": str(adapter), **state, "checkpoint": chosen.name,
