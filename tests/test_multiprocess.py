@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, copy_worktree, dvc, run, set_params
+from test_reference import tiny  # noqa: F401  (fixture: a tiny random Llama with a byte-level tokenizer)
+
 from personal_nlf import launch, training
 from personal_nlf.config import ConfigError, RoleConfig, TrainConfig
 from personal_nlf.stage import StageError
-from test_reference import tiny  # noqa: F401  (fixture: a tiny random Llama with a byte-level tokenizer)
 
 
 def _fake_cuda(monkeypatch, available: bool, bf16: bool = True):
@@ -130,7 +130,7 @@ def test_a_failing_rank_is_one_line_and_keeps_the_work_folder(tmp_path, monkeypa
 
 
 @pytest.mark.slow
-def test_ranks_train_and_the_launching_process_alone_selects_and_exports(tiny, tmp_path, monkeypatch):
+def test_ranks_train_and_the_launching_process_alone_selects_and_exports(tiny, tmp_path, monkeypatch):  # noqa: F811
     """fit_and_export with 2 processes: the ranks write the checkpoints; `select` (validation, in
     the loops) runs once, in this process, over all of them; the adapter it picks is exported."""
     import os
@@ -145,8 +145,19 @@ def test_ranks_train_and_the_launching_process_alone_selects_and_exports(tiny, t
     rows = [training.sft_row([{"role": "user", "content": f"q {i}?"}], f"answer {i}") for i in range(4)]
     cfg = TrainConfig(lora_r=4, lora_alpha=8, lora_dropout=0.0, learning_rate=0.1, max_steps=2, per_device_batch_size=1,
                       gradient_accumulation_steps=1, save_steps=1, warmup_ratio=0.0, max_length=128, processes=2)
-    result = training.fit_and_export("sft", rows, RoleConfig(model=tiny["base"], device="cpu", dtype="float32"), None,
-                                     cfg, tmp_path / "out", tmp_path / "work", seed=1, select=select, state={"t": "1"})
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("multiprocess")
+    with mlflow.start_run(run_name="stage") as stage_run:  # as tracking.stage_run opens it
+        result = training.fit_and_export("sft", rows, RoleConfig(model=tiny["base"], device="cpu", dtype="float32"),
+                                         None, cfg, tmp_path / "out", tmp_path / "work", seed=1, select=select,
+                                         state={"t": "1"}, report_to=["mlflow"])
+    # Rank 0's trainer logged its curve into a run under the stage's run.
+    children = mlflow.search_runs([stage_run.info.experiment_id], output_format="list",
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{stage_run.info.run_id}'")
+    assert len(children) == 1 and "loss" in children[0].data.metrics
     assert calls == [(os.getpid(), ["checkpoint-1", "checkpoint-2"])]
     assert result["checkpoint_step"] == 1 and result["steps"] == 2
     state = json.loads((tmp_path / "out" / "state.json").read_text())

@@ -80,7 +80,8 @@ def train_distributed(objective: str, rows: list[dict[str, Any]], role: RoleConf
 
         run = mlflow.active_run()
         if run is not None:  # rank 0 logs the trainer's curves into a run nested under the stage's
-            spec["mlflow"] = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id}
+            spec["mlflow"] = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": run.info.run_id,
+                              "experiment_id": run.info.experiment_id}
     write_json_atomic(ldir / "spec.json", spec)
     cmd = accelerate_command(cfg, ldir / "spec.json", cpu)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -90,7 +91,7 @@ def train_distributed(objective: str, rows: list[dict[str, Any]], role: RoleConf
              cfg.processes, cfg.accelerate_config, "CPU, gloo" if cpu else "CUDA", ldir / "ranks.log")
     t0 = time.time()
     with open(ldir / "ranks.log", "w", encoding="utf-8") as out:
-        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
+        rc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, check=False).returncode
     if rc != 0:
         errors = sorted(ldir.glob("error-rank*.json"), key=lambda p: int(p.stem.removeprefix("error-rank")))
         if errors:
@@ -122,8 +123,11 @@ def rank_main(spec_file: str) -> None:
         if rank == 0 and spec["mlflow"]:
             import mlflow
 
+            # The trainer's MLflow callback starts its run here, tagged as a child of the stage's run
+            # (resuming the stage's run in this process would end it when this process exits).
             mlflow.set_tracking_uri(spec["mlflow"]["tracking_uri"])
-            mlflow.start_run(run_id=spec["mlflow"]["run_id"])  # the trainer's run nests under the stage's
+            mlflow.set_experiment(experiment_id=spec["mlflow"]["experiment_id"])
+            os.environ["MLFLOW_TAGS"] = json.dumps({"mlflow.parentRunId": spec["mlflow"]["run_id"]})
         stats = training.train(spec["objective"], rows, RoleConfig.model_validate(spec["role"]), spec["models_dir"],
                                TrainConfig.model_validate(spec["train"]), spec["work_dir"], seed=spec["seed"],
                                init_adapter=spec["init_adapter"], report_to=spec["report_to"], claim=False)

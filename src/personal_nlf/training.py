@@ -20,9 +20,9 @@ from typing import Any
 
 from .config import ConfigError, RoleConfig, TrainConfig
 from .io import stable_hash, write_json_atomic
-from .models import folder_hash
 from .llm.base import Messages
 from .llm.hf import load_model_and_tokenizer
+from .models import folder_hash
 
 log = logging.getLogger("personal_nlf")
 
@@ -47,9 +47,9 @@ class GRPOSettings:
 
 def _grpo_args(grpo: GRPOSettings, role: RoleConfig) -> dict[str, Any]:
     """GRPOConfig arguments beyond the common ones."""
-    args: dict[str, Any] = dict(num_generations=grpo.num_generations, beta=grpo.beta,
-                                max_completion_length=grpo.max_completion_length, temperature=grpo.temperature,
-                                log_completions=False)  # completions may quote profiles: never logged
+    args: dict[str, Any] = {"num_generations": grpo.num_generations, "beta": grpo.beta,
+                            "max_completion_length": grpo.max_completion_length, "temperature": grpo.temperature,
+                            "log_completions": False}  # completions may quote profiles: never logged
     use_vllm = role.backend == "vllm" if grpo.use_vllm is None else grpo.use_vllm
     if use_vllm:
         if grpo.vllm_mode not in ("colocate", "server"):
@@ -77,24 +77,24 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[st
 
     cuda = device.startswith("cuda") if device is not None else torch.cuda.is_available()
     gc = cfg.use_gradient_checkpointing(cuda)
-    return dict(
-        output_dir=str(work_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.per_device_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+    return {
+        "output_dir": str(work_dir), "max_steps": cfg.max_steps, "per_device_train_batch_size": cfg.per_device_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "learning_rate": cfg.learning_rate,
         # transformers 5: a float warmup_steps in [0, 1) is a ratio of the total steps.
-        warmup_steps=float(cfg.warmup_ratio) if cfg.warmup_ratio < 1 else 0, lr_scheduler_type="linear", logging_steps=1,
-        save_strategy="steps", save_steps=cfg.save_steps, save_only_model=False,
+        "warmup_steps": float(cfg.warmup_ratio) if cfg.warmup_ratio < 1 else 0, "lr_scheduler_type": "linear", "logging_steps": 1,
+        "save_strategy": "steps", "save_steps": cfg.save_steps, "save_only_model": False,
         # TRL defaults to bf16 + gradient checkpointing: ~10x slower (or crashing) on CPU, so both are
         # set here, not left to TRL: bf16 autocast on GPUs that have it, checkpointing per train.gradient_checkpointing.
-        bf16=cuda and torch.cuda.is_bf16_supported(), fp16=False, use_cpu=not cuda, gradient_checkpointing=gc,
+        "bf16": cuda and torch.cuda.is_bf16_supported(), "fp16": False, "use_cpu": not cuda, "gradient_checkpointing": gc,
         # Non-reentrant checkpointing gives LoRA weights their gradients even when the inputs need none
         # (TRL also calls enable_input_require_grads on a PeftModel; it forces reentrant under PEFT + ZeRO-3).
-        gradient_checkpointing_kwargs={"use_reentrant": False} if gc else None,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False} if gc else None,
         # Every LoRA weight is used in every forward: DDP need not search the graph for unused ones
         # (transformers would, for a PeftModel).
-        ddp_find_unused_parameters=False,
-        seed=seed, data_seed=seed, report_to=report_to, dataloader_num_workers=0, disable_tqdm=True,
-        remove_unused_columns=True,
-    )
+        "ddp_find_unused_parameters": False,
+        "seed": seed, "data_seed": seed, "report_to": report_to, "dataloader_num_workers": 0, "disable_tqdm": True,
+        "remove_unused_columns": True,
+    }
 
 
 def _model(role: RoleConfig, models_dir, init_adapter: str | None):
@@ -107,7 +107,7 @@ def _model(role: RoleConfig, models_dir, init_adapter: str | None):
     # bf16 weights on a GPU with bf16, fp32 on CPU; the loader puts each rank on cuda:<LOCAL_RANK>.
     cuda = pick_device(role.device).startswith("cuda")
     dtype = train_dtype(role.dtype, cuda, cuda and torch.cuda.is_bf16_supported())
-    model, tok, path, _ = load_model_and_tokenizer(role.model, models_dir, role.device, dtype,
+    model, tok, _path, _ = load_model_and_tokenizer(role.model, models_dir, role.device, dtype,
                                                    adapter=init_adapter, trainable=True)
     tok.padding_side = "right"  # training pads on the right; generation on the left
     return model, tok
