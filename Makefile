@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup setup-vllm repro test test-fast clean
+.PHONY: setup setup-vllm repro test test-fast plots clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -33,6 +33,10 @@ test: setup setup-vllm
 
 test-fast: setup
 	$(RUN) python -m pytest -m "not slow"
+
+# dvc_plots/index.html: the pipeline's plots, viewable offline (template: .dvc/config)
+plots: setup
+	$(RUN) dvc plots show
 
 clean:
 	rm -rf $(VENV) .venv-vllm .cache
