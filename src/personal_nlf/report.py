@@ -180,6 +180,8 @@ def transfer_markdown(transfer: dict[str, Any]) -> str:
 
 
 def domain_plot_rows(rep: dict[str, Any]) -> list[dict[str, Any]]:
-    """Flat rows for the DVC bar plot of per-domain scores per method."""
-    return [{"method": r["method"], "domain": SHORT.get(d, d), "score": r["domains"][d]}
+    """Flat rows for the DVC bar plot of per-domain scores per method: one bar per (method,
+    domain), labelled by both (DVC's bar template stacks rows that share a label)."""
+    return [{"bar": f"{r['method']} · {SHORT.get(d, d)}", "method": r["method"], "domain": SHORT.get(d, d),
+             "score": r["domains"][d]}
             for r in rep["table"] for d in rep["domains"] if r["domains"][d] is not None]
