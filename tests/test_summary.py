@@ -139,6 +139,124 @@ def test_preference_reward_is_log_sigmoid_of_the_margin_over_no_summary():
     assert rewards.log_sigmoid(-800) == pytest.approx(-800) and rewards.log_sigmoid(800) == pytest.approx(0)
 
 
+def test_popi_reward_on_the_users_own_pairs_hand_computed():
+    # Reference side (summary None: the question alone) and policy side (summary + question).
+    ll = {(None, "c1"): -10.0, (None, "r1"): -10.0, (None, "c2"): -10.0, (None, "r2"): -12.0,
+          ("helps", "c1"): -8.0, ("helps", "r1"): -10.0, ("helps", "c2"): -10.0, ("helps", "r2"): -12.0,
+          ("hurts", "c1"): -12.0, ("hurts", "r1"): -10.0, ("hurts", "c2"): -10.0, ("hurts", "r2"): -12.0}
+    seen = []
+
+    def loglik(queries):
+        seen.extend(queries)
+        return [ll[(s, a)] for _, s, a in queries]
+
+    r = rewards.PopiReward(loglik, beta=0.5, budget=4, length_cost=0.5)
+    kw = grpo_kwargs(["helps", "hurts", "  ", "helps"], [2, 2, 0, 8])
+    kw["pairs"] = [json.dumps([["c1", "r1"], ["c2", "r2"]])] * 4
+    out = r(**kw)
+    # helps: pair 1 margin (-8 + 10) - (-10 + 10) = 2, pair 2 margin (-10 + 12) - (-10 + 12) = 0.
+    helps = (math.log(1 / (1 + math.exp(-1.0))) + math.log(0.5)) / 2
+    hurts = (math.log(1 / (1 + math.exp(1.0))) + math.log(0.5)) / 2  # pair 1 margin -2
+    assert out[0] == pytest.approx(helps) and out[1] == pytest.approx(hurts)
+    assert out[2] == pytest.approx(math.log(0.5))  # an empty summary is no summary: margin 0
+    assert out[3] == pytest.approx(helps - 0.5 * (8 - 4) / 4)  # length cost above the budget
+    assert r.counts["pairs_scored"] == 8 and r.counts["empty_summary"] == 1
+    assert r.history[-1]["margin"] == pytest.approx((1.0 - 1.0 + 0 + 1.0) / 4)
+    # The reference margin of a pair is computed once and reused across summaries and calls.
+    assert sum(1 for _, s, _ in seen if s is None) == 4 + 4  # the empty summary's own rows + 2 pairs x 2 once
+
+
+def test_plus_reward_is_log_sigmoid_of_the_reward_model_margin_given_the_summary():
+    def score(items):
+        return [(2.0 if a == "c" else 0.5) if s == "good" else 1.0 for q, s, a in items]
+
+    r = rewards.PlusReward(score, budget=10, length_cost=0.5)
+    kw = grpo_kwargs(["good", "bland"], [3, 3])
+    kw["pairs"] = [json.dumps([["c", "r"]]), json.dumps([["c", "r"], ["c", "r"]])]
+    out = r(**kw)
+    assert out[0] == pytest.approx(rewards.log_sigmoid(1.5)) and out[1] == pytest.approx(math.log(0.5))
+    assert r.counts["pairs_scored"] == 3 and r.history[-1]["rm_margin"] == pytest.approx(0.75)
+
+
+def test_popi_build_reward_prompts_summary_side_and_question_alone_reference(tmp_path):
+    from personal_nlf import modes, prompts
+    from personal_nlf.config import Params, SummaryConfig
+    from personal_nlf.modes import summary as summary_mode
+
+    (tmp_path / "iter_0" / "train_policy").mkdir(parents=True)
+    (tmp_path / "iter_0" / "train_policy" / "state.json").write_text('{"adapter": null}')
+    params = Params(mode="summary", summary=SummaryConfig(reward="popi", preference_beta=1.0))
+    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path)
+    calls = []
+
+    class Generator:
+        def answer_logprobs(self, msgs, answers):
+            calls.append((msgs, answers))
+            return [(-1.0 if "The user likes lists." in m[-1]["content"] and "c" in a else -2.0)
+                    for m, a in zip(msgs, answers)]
+
+    class Pool:
+        def get(self, role):
+            assert role.adapter is None  # generator(t-1) = the untrained generator here
+            return Generator()
+
+    reward = summary_mode.build_reward(ctx, Pool())
+    assert isinstance(reward, rewards.PopiReward)
+    kw = grpo_kwargs(["The user likes lists."], [3])
+    kw["pairs"] = [json.dumps([["c", "r"]])]
+    out = reward(**kw)
+    assert out == [pytest.approx(rewards.log_sigmoid(1.0))]
+    policy_msgs, answers = calls[0]
+    assert policy_msgs[0] == prompts.summary_answer("Q?", "The user likes lists.")
+    assert json.loads(answers[0]) == {"personalized_answer": "c"}
+    ref_msgs, _ = calls[1]
+    assert ref_msgs[0] == prompts.no_pers("Q?") and "likes lists" not in json.dumps(ref_msgs)
+
+
+def test_heldout_users_are_seeded_and_order_free():
+    from personal_nlf.modes.summary import heldout_users
+
+    keys = [f"d/train/u{i}" for i in range(8)]
+    held = heldout_users(keys, 0.25, seed=3)
+    assert len(held) == 2 and held == heldout_users(list(reversed(keys)), 0.25, seed=3)
+    assert heldout_users(keys[:1], 0.5, 3) == set() and heldout_users(keys, 0.0, 3) == set()
+    assert len(heldout_users(keys[:2], 0.9, 3)) == 1  # never every user
+
+
+@pytest.mark.slow
+def test_reward_trainer_with_lora_learns_the_users_pairs_given_the_summary(tmp_path, embedded_models):
+    """TRL RewardTrainer + LoRA (SEQ_CLS) on AutoModelForSequenceClassification from the local
+    SmolLM2 folder: a few steps on pairs whose chosen side follows the summary raise the reward
+    model's pairwise accuracy, and the saved adapter (with its score head) reloads to the same scores."""
+    from personal_nlf import reward_model as rm
+    from personal_nlf.config import RoleConfig, TrainConfig
+
+    lst, prose = "- step one\n- step two\n- step three", ("Well, there are many ways to approach this, and it "
+                                                          "helps to think it through carefully before you begin.")
+    qs = ["How do I cook rice?", "How do I start running?", "How can I save money?", "How to learn guitar?",
+          "How to sleep better?", "How to plant tomatoes?"]
+    items = []
+    for i, q in enumerate(qs):
+        likes_lists = i % 2 == 0
+        s = "The user wants short bulleted lists." if likes_lists else "The user wants long flowing prose."
+        items.append((q, s, lst, prose) if likes_lists else (q, s, prose, lst))
+    role = RoleConfig()
+    cfg = TrainConfig(max_steps=6, per_device_batch_size=4, gradient_accumulation_steps=1, learning_rate=5e-4,
+                      max_length=256, warmup_ratio=0.0)
+    untrained = rm.RewardModelScorer(role, embedded_models, None, seed=1)
+    before = untrained.accuracy(items)
+    untrained.close()
+    stats = rm.train([rm.rm_row(*it) for it in items], role, embedded_models, cfg, tmp_path / "rm", tmp_path / "work",
+                     seed=1)
+    assert stats["steps"] == 6 and stats["loss_curve"][-1] < stats["loss_curve"][0]
+    assert (tmp_path / "rm" / "adapter_model.safetensors").exists() and not (tmp_path / "work").exists()
+    trained = rm.RewardModelScorer(role, embedded_models, str(tmp_path / "rm"), seed=99)  # head from the adapter
+    after = trained.accuracy(items)
+    assert after["accuracy"] >= 5 / 6 and after["mean_margin"] > before["mean_margin"] + 0.5
+    again = rm.RewardModelScorer(role, embedded_models, str(tmp_path / "rm"), seed=7)
+    assert again.score([items[0][:3]]) == pytest.approx(trained.score([items[0][:3]]), abs=1e-5)
+
+
 # ------------------------------------------------------------------ export
 
 

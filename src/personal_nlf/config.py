@@ -199,9 +199,21 @@ class SummaryConfig(Section):
     temperature: float = Field(default=1.0, gt=0)
     # judge: reward = judge score of the generator's answer given the summary (judge call per
     # sample). preference: POPI's log sigmoid(beta * margin), margin = generator log-likelihood
-    # of the preferred minus the dispreferred answer given the summary (no judge call).
-    reward: Literal["judge", "preference"] = "judge"
-    preference_beta: float = Field(default=0.1, gt=0)
+    # of the preferred minus the dispreferred answer given the summary (no judge call), on the
+    # generator's own judge-ranked answers. popi: the same objective on the user's own pairs
+    # (records' `pairs`; the reference side sees the question alone). plus: PLUS's reward model
+    # R(response | summary, question), trained each iteration on the user's pairs given that
+    # iteration's rollout summaries; reward = log sigmoid(R(chosen) - R(rejected)). popi and plus
+    # skip (and count) records without pairs.
+    reward: Literal["judge", "preference", "popi", "plus"] = "judge"
+    preference_beta: float = Field(default=0.1, gt=0)  # beta of the preference and popi rewards
+    # plus: the reward model (a sequence classifier on models.generator's base model, LoRA with
+    # the train settings) trains these many steps per iteration, continuing from the previous
+    # iteration's; this share of the train users (at least one) is held out for its accuracy.
+    reward_model_steps: int = Field(default=8, ge=1)
+    reward_model_learning_rate: float = Field(default=5e-4, gt=0)
+    reward_model_batch_size: int = Field(default=4, ge=1)
+    reward_model_heldout_share: float = Field(default=0.25, ge=0, lt=1)
     # N answers per train record sampled by the generator given the summary; the judge ranks
     # them: best > worst is a preference pair (preference reward, generator DPO).
     n_answers: int = Field(default=4, ge=2)

@@ -134,3 +134,69 @@ class PreferenceReward(_SummaryReward):
         rewards = [b - p for b, p in zip(base, penalties)]
         self._log(log_metric, rewards, margins, penalties, tokens, "margin")
         return rewards
+
+
+def record_pairs(value: Any) -> list[tuple[str, str]]:
+    """The dataset column `pairs`: JSON text of [[chosen, rejected], ...] (the user's own pairs)."""
+    pairs = json.loads(value) if isinstance(value, str) else value
+    return [(c, r) for c, r in pairs]
+
+
+class PopiReward(PreferenceReward):
+    """POPI's objective on the user's own preference pairs, a frozen generator pi and the same
+    generator without the summary as the reference:
+        reward = log sigmoid(beta * [(log pi(c | s, q) - log pi_ref(c | q)) - (log pi(r | s, q) - log pi_ref(r | q))])
+    (minus the DPO loss), averaged over the record's pairs, minus the length cost. loglik_fn(
+    (question, None, answer)) is the reference side: the question alone. An empty summary is
+    scored as no summary (margin 0, reward -log 2)."""
+
+    __name__ = "popi_reward"
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, question=None, pairs=None,
+                 profile=None, log_metric=None, **_: Any) -> list[float]:
+        summaries, tokens, penalties = self._prepare(completions, completion_ids, profile)
+        per = [record_pairs(p) for p in pairs]
+        queries = []
+        for q, s, ps in zip(question, summaries, per):
+            for c, r in ps:
+                queries += [(q, s if s.strip() else None, c), (q, s if s.strip() else None, r)]
+        ll = iter(self.loglik_fn(queries)) if queries else iter(())
+        base, margins = [], []
+        for q, ps in zip(question, per):
+            ms = [next(ll) - next(ll) - self.reference_margin(q, c, r) for c, r in ps]
+            self.counts["pairs_scored"] += len(ms)
+            margins.append(sum(ms) / len(ms))
+            base.append(sum(log_sigmoid(self.beta * m) for m in ms) / len(ms))
+        rewards = [b - p for b, p in zip(base, penalties)]
+        self._log(log_metric, rewards, margins, penalties, tokens, "margin")
+        return rewards
+
+
+class PlusReward(_SummaryReward):
+    """PLUS: a summary-conditioned reward model R scores the user's chosen and rejected responses
+    given the sampled summary z; reward = log sigmoid(R(c | z, q) - R(r | z, q)), averaged over the
+    record's pairs, minus the length cost."""
+
+    __name__ = "plus_reward"
+
+    def __init__(self, score_fn: Callable[[list[tuple[str, str, str]]], list[float]], budget: int,
+                 length_cost: float, count_tokens: Callable[[str], int] | None = None):
+        """score_fn: [(question, summary, response)] -> R."""
+        super().__init__(budget, length_cost, count_tokens)
+        self.score_fn = score_fn
+
+    def __call__(self, prompts=None, completions=None, completion_ids=None, question=None, pairs=None,
+                 profile=None, log_metric=None, **_: Any) -> list[float]:
+        summaries, tokens, penalties = self._prepare(completions, completion_ids, profile)
+        per = [record_pairs(p) for p in pairs]
+        items = [it for q, s, ps in zip(question, summaries, per) for c, r in ps for it in ((q, s, c), (q, s, r))]
+        sc = iter(self.score_fn(items)) if items else iter(())
+        base, margins = [], []
+        for ps in per:
+            ms = [next(sc) - next(sc) for _ in ps]
+            self.counts["pairs_scored"] += len(ms)
+            margins.append(sum(ms) / len(ms))
+            base.append(sum(log_sigmoid(m) for m in ms) / len(ms))
+        rewards = [b - p for b, p in zip(base, penalties)]
+        self._log(log_metric, rewards, margins, penalties, tokens, "rm_margin")
+        return rewards

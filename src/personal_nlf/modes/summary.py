@@ -27,12 +27,12 @@ import logging
 from collections import Counter
 from functools import lru_cache
 
-from .. import evaluate, models, prompts, training
+from .. import evaluate, models, preferences, prompts, training
 from .. import judge as judge_lib  # `judge` is this mode's judge step
-from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
+from ..io import read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
 from ..judge import label_mass_summary, outcome_counts
 from ..llm import render_plain, sampling_for
-from ..rewards import JudgeReward, PreferenceReward
+from ..rewards import JudgeReward, PlusReward, PopiReward, PreferenceReward
 from ..summaries import profile_hash, scrub, select_profile
 from . import IterationContext
 from .loop import best_and_worst, by_key, fit_last, judge_candidates, run_role, train_records
@@ -174,11 +174,25 @@ def judge(ctx: IterationContext) -> dict:
     return summary
 
 
-def build_reward(ctx: IterationContext, pool: evaluate.BackendPool):
-    """The configured reward, with generator(t-1) and the judge loaded from the pool."""
+def build_reward(ctx: IterationContext, pool: evaluate.BackendPool, reward_model=None):
+    """The configured reward, with generator(t-1) and the judge loaded from the pool (plus: the
+    reward model trained this iteration, train_reward_model)."""
     cfg, p = ctx.params.summary, ctx.params
+    if cfg.reward == "plus":
+        def no_model(items):
+            raise ValueError("summary.reward=plus: no reward model was trained this iteration (no record has pairs)")
+
+        return PlusReward(reward_model.score if reward_model is not None else no_model, cfg.budget_tokens,
+                          cfg.length_cost)
     gen_role = ctx.role("generator", ctx.adapter(GENERATOR))
     generator = pool.get(gen_role)
+    if cfg.reward == "popi":
+        def popi_loglik(queries):
+            # Policy side: summary + question; reference side (summary None): the question alone.
+            msgs = [prompts.summary_answer(q, s) if s is not None else prompts.no_pers(q) for q, s, _ in queries]
+            return generator.answer_logprobs(msgs, [preferences.answer_json(a) for _, _, a in queries])
+
+        return PopiReward(popi_loglik, cfg.preference_beta, cfg.budget_tokens, cfg.length_cost)
     if cfg.reward == "preference":
         def loglik(queries):
             return generator.answer_logprobs([prompts.summary_answer(q, s or "") for q, s, _ in queries],
@@ -205,38 +219,120 @@ def build_reward(ctx: IterationContext, pool: evaluate.BackendPool):
     return JudgeReward(answer, judge_fn, cfg.budget_tokens, cfg.length_cost)
 
 
+def own_pairs(er: evaluate.EvalRecord) -> list[tuple[str, str]]:
+    """The user's own (chosen, rejected) pairs of a record (data.Record.pairs; none on LaMP-QA)."""
+    return [(p.chosen, p.rejected) for p in getattr(er.record, "pairs", ()) or ()]
+
+
+def heldout_users(keys: list[str], share: float, seed: int) -> set[str]:
+    """A seeded, order-free choice of round(share * n) users (at least 1 when share > 0 and n >= 2)."""
+    if share <= 0 or len(keys) < 2:
+        return set()
+    k = min(len(keys) - 1, max(1, round(share * len(keys))))
+    return set(sorted(keys, key=lambda key: stable_hash([seed, key]))[:k])
+
+
+def train_reward_model(ctx: IterationContext, recs: list[evaluate.EvalRecord], out):
+    """PLUS's reward model for iteration t: trained on the user's pairs given this iteration's
+    rollout summaries (written by summarizer(t-1)), continuing from iteration t-1's reward model
+    (iteration 1: a new LoRA and a seeded new score head). So the GRPO reward of summarizer(t) comes
+    from a reward model fitted to summarizer(t-1)'s summaries: the two alternate, as in PLUS.
+    Held-out users (summary.reward_model_heldout_share) measure it before and after this
+    iteration's training. Writes out/reward_model/adapter and out/reward_model.json; returns
+    (scorer of the new model, metrics)."""
+    from .. import reward_model as rm
+
+    cfg = ctx.params.summary
+    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    items = {er.key: [(er.record.question, summaries[er.key]["summary"], c, r) for c, r in own_pairs(er)]
+             for er in recs if own_pairs(er)}
+    seed = ctx.params.seed + int(ctx.t)
+    held = heldout_users(sorted(items), cfg.reward_model_heldout_share, ctx.params.seed)
+    train_items = [it for k, v in items.items() if k not in held for it in v]
+    held_items = [it for k, v in items.items() if k in held for it in v]
+    role = ctx.role("generator", None)  # the reward model's body: the generator's base model
+    tcfg = ctx.train_config().model_copy(update={
+        "max_steps": cfg.reward_model_steps, "learning_rate": cfg.reward_model_learning_rate,
+        "per_device_batch_size": cfg.reward_model_batch_size, "gradient_accumulation_steps": 1,
+        "warmup_ratio": 0.0})  # a few steps per iteration, continuing: no warmup
+    prev = ctx.dir("train_feedback", ctx.prev) / "reward_model" / "adapter"
+    init = str(prev) if (prev / "adapter_config.json").exists() else None
+    before = rm.RewardModelScorer(role, ctx.models_dir, init, seed)
+    acc_before = before.accuracy(held_items)
+    before.close()
+    adapter = out / "reward_model" / "adapter"
+    stats = rm.train([rm.rm_row(*it) for it in train_items], role, ctx.models_dir, tcfg, adapter,
+                     ctx.journal("train_feedback", "rm_work"), seed, init_adapter=init)
+    scorer = rm.RewardModelScorer(role, ctx.models_dir, str(adapter), seed)
+    acc_held, acc_train = scorer.accuracy(held_items), scorer.accuracy(train_items)
+    metrics = {"iteration": int(ctx.t), "init_adapter": init, "adapter": str(adapter),
+               "train_users": len(items) - len(held), "heldout_users": len(held),
+               "train_pairs": len(train_items), "heldout_pairs": len(held_items),
+               "heldout_accuracy_before": acc_before["accuracy"], "heldout_accuracy": acc_held["accuracy"],
+               "heldout_mean_margin": acc_held.get("mean_margin"), "train_accuracy": acc_train["accuracy"],
+               "steps": stats["steps"], "train_loss": stats["train_loss"], "loss_curve": stats["loss_curve"],
+               "settings": {"steps": cfg.reward_model_steps, "learning_rate": cfg.reward_model_learning_rate,
+                            "batch_size": cfg.reward_model_batch_size, "heldout_share": cfg.reward_model_heldout_share,
+                            "lora_r": tcfg.lora_r, "seed": seed}}
+    write_json_atomic(out / "reward_model.json", metrics)
+    return scorer, metrics
+
+
 def train_feedback(ctx: IterationContext) -> dict:
-    """GRPO of the summarizer (this stage trains the summarizer in summary mode)."""
+    """GRPO of the summarizer (this stage trains the summarizer in summary mode). popi and plus
+    reward summaries on the records' own pairs; plus first trains this iteration's reward model."""
     cfg = ctx.params.summary
     recs = train_records(ctx)
-    pairs = by_key(read_jsonl(ctx.dir("judge") / "pairs.jsonl"))
+    user_pairs = cfg.reward in ("popi", "plus")
+    pairs = {} if user_pairs else by_key(read_jsonl(ctx.dir("judge") / "pairs.jsonl"))
     role = ctx.role("summarizer", None)
     count = token_counter(role, ctx.models_dir)
-    rows = []
+    rows, without_pairs = [], 0
     for er in recs:
+        if user_pairs and not own_pairs(er):
+            without_pairs += 1  # nothing of the user's to score a summary on
+            continue
         if cfg.reward == "preference" and pairs[er.key]["all_equal"]:
             continue  # no preferred answer: the preference reward is constant for this record
         msgs, _ = summarizer_prompt(ctx.params, er, count)
-        rows.append({"prompt": msgs, "key": er.key, "question": er.record.question, "narrative": er.record.narrative,
-                     "rubric": json.dumps([{"aspect": a.aspect, "reason": a.reason, "evidence": a.evidence}
-                                           for a in er.record.rubric_aspects]),
-                     "profile": json.dumps([p.text for p in er.record.profile]),
-                     "preferred": pairs[er.key]["preferred"], "dispreferred": pairs[er.key]["dispreferred"]})
+        row = {"prompt": msgs, "key": er.key, "question": er.record.question, "narrative": er.record.narrative,
+               "rubric": json.dumps([{"aspect": a.aspect, "reason": a.reason, "evidence": a.evidence}
+                                     for a in er.record.rubric_aspects]),
+               "profile": json.dumps([p.text for p in er.record.profile])}
+        if user_pairs:
+            row["pairs"] = json.dumps(own_pairs(er), ensure_ascii=False)
+        else:
+            row.update(preferred=pairs[er.key]["preferred"], dispreferred=pairs[er.key]["dispreferred"])
+        rows.append(row)
+    if without_pairs:
+        log.warning("iteration %s: %d of %d train records have no preference pairs; summary.reward=%s skips them",
+                    ctx.t, without_pairs, len(recs), cfg.reward)
+    out = ctx.dir("train_feedback")
+    scorer, rm_metrics = None, None
+    if cfg.reward == "plus" and rows:
+        scorer, rm_metrics = train_reward_model(ctx, [er for er in recs if own_pairs(er)], out)
     pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
     try:
-        reward = build_reward(ctx, pool)
+        reward = build_reward(ctx, pool, reward_model=scorer)
         grpo = training.GRPOSettings(reward_funcs=[reward], num_generations=cfg.num_generations, beta=cfg.kl_beta,
                                      max_completion_length=ctx.params.models.summarizer.max_new_tokens,
                                      temperature=cfg.temperature)
-        out = ctx.dir("train_feedback")
         result = fit_last(ctx, "train_feedback", "grpo", rows, "summarizer", ctx.adapter(SUMMARIZER), out, grpo=grpo)
     finally:
         pool.close()
+        if scorer is not None:
+            scorer.close()
     counts = dict(sorted(Counter(reward.counts).items()))
-    write_json_atomic(out / "reward_curve.json", {"reward": cfg.reward, "calls": reward.history, "counts": counts})
+    write_json_atomic(out / "reward_curve.json", {"reward": cfg.reward, "calls": reward.history, "counts": counts,
+                                                  "records_without_pairs": without_pairs})
     curve = reward.history
     if curve:
         result.update(first_reward=round(curve[0]["reward"], 4), last_reward=round(curve[-1]["reward"], 4))
+    if user_pairs:
+        result["records_without_pairs"] = without_pairs
+    if rm_metrics:
+        result.update({f"reward_model_{k}": rm_metrics[k] for k in
+                       ("heldout_accuracy_before", "heldout_accuracy", "train_accuracy", "heldout_pairs")})
     return {**result, "reward_counts": counts}
 
 
