@@ -171,3 +171,22 @@ def test_pairwise_accuracy_skips_empty_conditions_and_needs_no_baseline():
     out = preferences.pairwise_accuracy(fn, {"rag": [case("A", "u", "R", "c", "r")], "summary": []}, n_boot=100)
     assert set(out["conditions"]) == {"rag"} and out["conditions"]["rag"]["accuracy"] == 1.0
     assert "paired_vs_none" not in out
+
+
+def test_pairwise_conditions_prompts_hold_only_question_summary_and_profile():
+    from personal_nlf import data, prompts
+    from personal_nlf.evaluate import EvalRecord
+
+    rec = data.Record(id="u1", question="How do I cook rice?", narrative="SECRET-NARRATIVE",
+                      rubric_aspects=(data.Aspect("SECRET-ASPECT"),), profile=(data.ProfileItem("1", "I like lists."),),
+                      persona="SECRET-PERSONA", pairs=(data.PreferencePair("- rinse\n- boil", "Rice is a grain...",
+                                                                             "SECRET-CP", "SECRET-RP"),))
+    er = EvalRecord("A", "test", rec, ["I like lists."], [])
+    conds = preferences.pairwise_conditions([er], {er.key: "The user likes lists."})
+    assert set(conds) == {"summary", "rag", "none"}
+    assert conds["summary"][0].prompt == prompts.summary_answer("How do I cook rice?", "The user likes lists.")
+    assert conds["rag"][0].prompt == prompts.rag("How do I cook rice?", ["I like lists."])
+    assert conds["none"][0].prompt == prompts.no_pers("How do I cook rice?")
+    assert all((c.chosen, c.rejected) == ("- rinse\n- boil", "Rice is a grain...") for cs in conds.values() for c in cs)
+    assert "SECRET" not in json.dumps([c.prompt for cs in conds.values() for c in cs])
+    assert set(preferences.pairwise_conditions([er])) == {"rag", "none"}  # no summaries: no summary condition
