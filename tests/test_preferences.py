@@ -190,3 +190,18 @@ def test_pairwise_conditions_prompts_hold_only_question_summary_and_profile():
     assert all((c.chosen, c.rejected) == ("- rinse\n- boil", "Rice is a grain...") for cs in conds.values() for c in cs)
     assert "SECRET" not in json.dumps([c.prompt for cs in conds.values() for c in cs])
     assert set(preferences.pairwise_conditions([er])) == {"rag", "none"}  # no summaries: no summary condition
+
+
+def test_preference_records_become_pipeline_records():
+    from personal_nlf import data
+
+    (q,) = preferences.load_file(GOLDEN / "valid_choice.jsonl")
+    rec = q.to_record()
+    assert isinstance(rec, data.Record) and rec.question == "Suggest a dinner for tonight."
+    assert [p.text for p in rec.profile] == ["I went vegan last month.", "I cook on a tight budget."]
+    assert len(rec.pairs) == 3 and rec.pairs[0].chosen == "A lentil and vegetable curry." and rec.persona is None
+    u1 = preferences.load_file(GOLDEN / "valid_pairs.jsonl")[0].to_record()
+    assert u1.persona == "Prefers short bulleted lists." and "bulleted lists" not in " ".join(p.text for p in u1.profile)
+    # It survives the prepared parquet round trip.
+    df = data.records_to_frame([u1], "A", "test")
+    assert data.frame_to_records(df)[0].pairs == u1.pairs

@@ -113,6 +113,17 @@ class PreferenceRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_record(self):
+        """The pipeline's record (data.Record, what `prepare` writes): the user signal becomes the
+        profile (signal_texts), eval_pairs the pairs; no narrative or rubric (judge with pairs)."""
+        from .data import PreferencePair, ProfileItem, Record
+
+        return Record(id=self.id, question=self.question,
+                      profile=tuple(ProfileItem(f"s{i}", t) for i, t in enumerate(self.signal_texts())),
+                      persona=self.persona or None,
+                      pairs=tuple(PreferencePair(p.chosen, p.rejected, p.chosen_persona, p.rejected_persona)
+                                  for p in self.eval_pairs()))
+
 
 # ---------------------------------------------------------------- validation
 
