@@ -103,7 +103,7 @@ class ScriptedJudge(Backend):
     def generate(self, prompts_, sampling):
         out = []
         for p in prompts_:
-            response = p[-1]["content"].split("Response:\n")[1].split("\n\nScore how")[0]
+            response = p[-1]["content"].split("Response:\n")[1].split("\n\nAspect to check")[0]
             text = {"GOOD": '{"match_score": 2}', "OK": '{"match_score": 1}'}.get(response, "It reads fine to me.")
             out.append([Generation(text, 10, 5, 0.01)])
         return out
