@@ -32,7 +32,7 @@ def main(args, params):
         note = (f"Embedded default unless params say otherwise: policy `{params.models.policy.model}`, judge "
                 f"`{params.models.judge.model}` ({params.judge.method} method), data `{params.data.source}`, "
                 f"split `{params.baselines.eval_split}`.")
-        md = report.to_markdown(rep, note)
+        md = report.to_markdown(rep, note) + report.pairwise_markdown(rep)
         if args.transfer:
             transfer = json.loads(open(args.transfer).read())
             rep["transfer"] = transfer.get("generators", {})

@@ -27,7 +27,9 @@ def test_offline_rl_final_iteration_is_in_the_best_baseline_pool():
     assert rep["best_baseline"] == "offline_rl@2"
     assert [(t["a"], t["b"]) for t in rep["paired_tests"]] == [
         ("no_pers", "offline_rl@2"), ("rag", "offline_rl@2"), ("offline_rl@1", "offline_rl@2"),
-        ("nlf@2", "offline_rl@2"), ("rag", "no_pers")]
+        ("nlf@2", "offline_rl@2"), ("rag", "no_pers"),
+        # each loop row against its untrained start (the rag baseline)
+        ("offline_rl@1", "rag"), ("offline_rl@2", "rag"), ("nlf@2", "rag")]
     t = next(t for t in rep["paired_tests"] if t["a"] == "nlf@2")
     assert t["diff"] == 0.15 and t["t_test"]["macro"]["diff"] == 0.15
     assert set(t["t_test"]["domains"]) == set(DOMS)

@@ -13,13 +13,13 @@ from typing import Any
 
 import polars as pl
 
-from . import judge, metrics, prompts, provenance
+from . import judge, metrics, preferences, prompts, provenance
 from .config import Params, RoleConfig
 from .data import Record, load_prepared
 from .generation import generate_journaled
 from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
 from .judge import outcome_counts
-from .llm import Backend, load_backend, sampling_for
+from .llm import Backend, load_backend, sampling_for, submission_size
 
 log = logging.getLogger("personal_nlf")
 
@@ -154,7 +154,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
             rec["plan"], rec["plan_outcome"] = prompts.parse_plan(gens[0].text)
             return rec
 
-        plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=prole.batch_size, desc="plans")
+        plans = generate_journaled(pb, items, ps, j, to_plan, chunk_size=submission_size(prole), desc="plans")
         write_jsonl_atomic(out_dir / "plans.jsonl", [without_timing(plans[er.key]) for er in recs])
         j.close()  # removed by evaluate_method once judged: a kill while judging regenerates nothing
 
@@ -171,7 +171,7 @@ def answer(method: str, recs: list[EvalRecord], params: Params, pool: BackendPoo
     answers = generate_journaled(
         backend, items, sampling, j,
         lambda key, gens: _gen_record(by_key[key], policy, backend, sampling, template, prompts_by_key[key], gens[0]),
-        chunk_size=policy.batch_size, desc=method)
+        chunk_size=submission_size(policy), desc=method)
     write_jsonl_atomic(out_dir / "generations.jsonl", [without_timing(answers[er.key]) for er in recs])
     j.close()  # removed by evaluate_method once judged
     return answers, plans
@@ -248,6 +248,25 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
     }
 
 
+# Which generator prompts a method's pairwise preference accuracy is measured under: its own
+# (retrieved profile, summary) and, for a paired comparison, no personalization.
+PAIRWISE_CONDITIONS = {"no_pers": ("none",), "rag": ("rag", "none"), "summary": ("summary", "none")}
+
+
+def pairwise_metrics(method: str, recs: list[EvalRecord], backend: Backend, params: Params,
+                     summaries: dict[str, str] | None) -> dict[str, Any] | None:
+    """Does the policy (generator) give the user's chosen response a higher likelihood than the
+    rejected one, under this method's prompt and under none? Only for data with preference pairs
+    (the controlled-persona benchmark) and backends that score answers."""
+    conds = PAIRWISE_CONDITIONS.get(method)
+    if not conds or not any(er.record.pairs for er in recs):
+        return None
+    cases = preferences.pairwise_conditions(recs, summaries, conds)
+    pa = preferences.pairwise_accuracy(backend.answer_logprobs, cases, n_boot=params.baselines.bootstrap_samples,
+                                       seed=params.seed)
+    return {"condition": conds[0], **pa}
+
+
 def evaluate_method(method: str, params: Params, prepared: str | Path, index: str | Path, models_dir,
                     out_dir: str | Path, metrics_path: str | Path, policy: RoleConfig | None = None,
                     split: str | None = None, extra: dict | None = None,
@@ -268,6 +287,9 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
         write_json_atomic(out_dir / "sample_outputs.json", output_sample(recs, answers, judge_rows))
         result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra,
                                 planner)
+        pairwise = pairwise_metrics(method, recs, pool.get(policy), params, summaries)
+        if pairwise is not None:
+            result["pairwise_accuracy"] = pairwise
     finally:
         pool.close()
     write_json_atomic(metrics_path, result)
