@@ -296,8 +296,8 @@ def train_feedback(ctx: IterationContext) -> dict:
             continue  # no preferred answer: the preference reward is constant for this record
         msgs, _ = summarizer_prompt(ctx.params, er, count)
         row = {"prompt": msgs, "key": er.key, "question": er.record.question, "narrative": er.record.narrative,
-               "rubric": json.dumps([{"aspect": a.aspect, "reason": a.reason, "evidence": a.evidence}
-                                     for a in er.record.rubric_aspects]),
+               "rubric": json.dumps([{"aspect": a.aspect, "reason": a.reason, "evidence": a.evidence, "check": a.check}
+                                     for a in er.record.rubric_aspects]),  # check: the verifier judge's
                "profile": json.dumps([p.text for p in er.record.profile])}
         if user_pairs:
             row["pairs"] = json.dumps(own_pairs(er), ensure_ascii=False)
@@ -316,7 +316,9 @@ def train_feedback(ctx: IterationContext) -> dict:
         reward = build_reward(ctx, pool, reward_model=scorer)
         grpo = training.GRPOSettings(reward_funcs=[reward], num_generations=cfg.num_generations, beta=cfg.kl_beta,
                                      max_completion_length=ctx.params.models.summarizer.max_new_tokens,
-                                     temperature=cfg.temperature)
+                                     temperature=cfg.temperature, vllm_mode=cfg.grpo_vllm_mode,
+                                     vllm_server_host=cfg.grpo_vllm_server_host,
+                                     vllm_server_port=cfg.grpo_vllm_server_port)
         result = fit_last(ctx, "train_feedback", "grpo", rows, "summarizer", ctx.adapter(SUMMARIZER), out, grpo=grpo)
     finally:
         pool.close()
