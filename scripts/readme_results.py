@@ -10,7 +10,7 @@ Each generated block in README.md sits between two markers naming its generator:
     python scripts/readme_results.py --check    # exit 1 if a block differs (tests/test_readme.py)
     python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
 
-Sources: metrics/report.json (the report stage), metrics/*.run.json and metrics/**/iter_*.run.json
+Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
 """
@@ -112,7 +112,36 @@ def benchmarks(root: Path) -> str:
             f"{head.get('Machine')}; `{head.get('Command')}`):\n\n{table}")
 
 
-GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks}
+def plan(root: Path) -> str:
+    """`personal-nlf plan` on configs/paper.yaml for 1, 4 and 8 GPUs of 80 GiB: its exit and the GPU
+    table of the first iteration (later iterations repeat it)."""
+    import contextlib
+    import io
+
+    sys.path.insert(0, str(root / "src"))
+    from personal_nlf import cli
+
+    parts = []
+    for gpus in (1, 4, 8):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli.main(["plan", "--params", str(root / "configs/paper.yaml"), "--gpus", str(gpus),
+                          "--gpu-memory-gb", "80"])
+                code = 0
+            except SystemExit as e:
+                code = e.code or 0
+        text = out.getvalue()
+        gpu = text[text.index("GPU memory on"):] if "GPU memory on" in text else ""
+        rows = [ln for ln in gpu.splitlines() if ln.startswith("|") and not re.search(r"@[2-9]", ln)]
+        head = f"`personal-nlf plan --params configs/paper.yaml --gpus {gpus} --gpu-memory-gb 80`: exit {code}"
+        if code:
+            head += f", `{err.getvalue().strip().splitlines()[-1]}`"
+        parts.append(head + "\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks, "plan": plan}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
