@@ -119,6 +119,9 @@ class FakePool:
     def get(self, role):
         return ScriptedJudge()
 
+    def keep_only(self, roles):
+        pass
+
     def close(self):
         pass
 

@@ -170,15 +170,16 @@ def test_a_judge_too_big_for_one_gpu_is_split_when_gpus_allow():
 def test_models_resident_per_stage_follow_the_stage_code():
     p = Params()  # every role on the same embedded hf model
     by = {(ph.stage, ph.what): [ld.role for ld in ph.loads] for ph in plan.phases(p)}
-    # One hf engine serves policy and judge in a baseline (same model, no adapter)...
-    assert by[("baseline_rag", "answer + judge")] == ["policy = judge"]
-    # ...but train_policy holds phi(t) and pi(t-1) as two, then trains alone, then validates
-    # each checkpoint beside the judge.
-    assert by[("vac@1 train_policy", "feedback + revision")] == ["feedback phi(1)", "policy"]
-    assert by[("vac@2 train_policy", "feedback + revision")] == ["feedback phi(2)", "policy pi(1)"]
+    # A stage holds one phase's engines at a time: answer, then judge (evaluate.BackendPool.keep_only).
+    assert by[("baseline_rag", "answer")] == ["policy"] and by[("baseline_rag", "judge")] == ["judge"]
+    # train_policy: phi(t) writes the feedback and is freed, pi(t-1) revises, training runs alone,
+    # then each checkpoint answers and the judge scores it.
+    assert by[("vac@1 train_policy", "feedback")] == ["feedback phi(1)"]
+    assert by[("vac@2 train_policy", "revision")] == ["policy pi(1)"]
     assert by[("vac@1 train_policy", "train")] == ["policy (sft)"]
-    assert by[("vac@1 train_policy", "validation")] == ["policy checkpoint", "judge"]
-    assert by[("vac@1 evaluate", "answer + judge")] == ["policy pi(1)", "judge"]
+    assert by[("vac@1 train_policy", "validation answer")] == ["policy checkpoint"]
+    assert by[("vac@1 train_policy", "validation judge")] == ["judge"]
+    assert by[("vac@1 evaluate", "answer")] == ["policy pi(1)"] and by[("vac@1 evaluate", "judge")] == ["judge"]
 
 
 def test_paper_preset_loads_with_the_paper_settings():
@@ -204,13 +205,14 @@ def test_paper_preset_on_one_gpu_fails_naming_stage_and_role():
     r = run_plan("--params", "configs/paper.yaml", "--gpus", "1", "--gpu-memory-gb", "80")
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
-        ("does not fit: stage baseline_no_pers (answer + judge), role judge: tensor_parallel_size 2 needs 2 GPUs, "
+        ("does not fit: stage baseline_no_pers (judge), role judge: tensor_parallel_size 2 needs 2 GPUs, "
          "--gpus is 1 (its weights alone: 61.0 GiB)")]
 
 
 def test_paper_preset_fits_on_eight_gpus():
     r = run_plan("--params", "configs/paper.yaml", "--gpus", "8", "--judge-calls-per-s", "2")
     assert r.returncode == 0, r.stderr
-    # policy (0.3 x 80 = 24 GiB) + judge (0.6 x 80 = 48 GiB) on GPU 0 = 72 GiB.
-    assert "| vac@1 evaluate | answer + judge |" in r.stdout and "| 72.0 | yes |" in r.stdout
+    # The judge alone on GPU 0 (0.6 x 80 = 48 GiB; the policy's 24 GiB engine was released).
+    assert "| vac@1 evaluate | judge | judge: Qwen2.5-32B-Instruct vllm tp2 (0.6) | 30.5 | 17.5 | 0.0 | 48.0 | yes |" \
+        in r.stdout
     assert "| **total** |" in r.stdout and "h in all" in r.stdout

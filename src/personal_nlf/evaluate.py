@@ -68,6 +68,14 @@ class BackendPool:
             self._cache[key] = load_backend(role, self.models_dir, self.seed)
         return self._cache[key].for_role(role)
 
+    def keep_only(self, roles: list[RoleConfig]) -> None:
+        """Release every engine the next phase does not use (a stage holds only the engines it
+        needs at that moment: on a GPU, the policy's vLLM engine is gone before the judge's starts)."""
+        keep = {self.engine_key(r) for r in roles}
+        for key in [k for k in self._cache if k not in keep]:
+            log.info("releasing an engine the next phase does not use")
+            self._cache.pop(key).close()
+
     def close(self) -> None:
         for b in self._cache.values():
             b.close()
@@ -216,7 +224,7 @@ def output_sample(recs: list[EvalRecord], answers: dict[str, dict], judge_rows: 
     return sample
 
 
-def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params, pool: BackendPool,
+def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params, described: dict[str, dict],
                    policy: RoleConfig, prepared: str | Path, extra: dict | None = None,
                    planner: RoleConfig | None = None) -> dict[str, Any]:
     qs = metrics.question_scores(judge_rows)
@@ -241,7 +249,7 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
         "judge_label_mass": judge.label_mass_summary(judge_rows),
         "provenance": provenance.collect(
             params.seed,
-            {name: pool.get(r).describe() for name, r in roles.items()},
+            {name: described[name] for name in roles},
             {name: sampling_for(r, seed=params.seed).to_dict() for name, r in roles.items()},
             templates, prepared, {"judge": params.judge.model_dump(),
                                  "bootstrap_samples": params.baselines.bootstrap_samples, **(extra or {})}),
@@ -253,7 +261,7 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
 PAIRWISE_CONDITIONS = {"no_pers": ("none",), "rag": ("rag", "none"), "summary": ("summary", "none")}
 
 
-def pairwise_metrics(method: str, recs: list[EvalRecord], backend: Backend, params: Params,
+def pairwise_metrics(method: str, recs: list[EvalRecord], pool: BackendPool, policy: RoleConfig, params: Params,
                      summaries: dict[str, str] | None) -> dict[str, Any] | None:
     """Does the policy (generator) give the user's chosen response a higher likelihood than the
     rejected one, under this method's prompt and under none? Only for data with preference pairs
@@ -262,7 +270,8 @@ def pairwise_metrics(method: str, recs: list[EvalRecord], backend: Backend, para
     if not conds or not any(er.record.pairs for er in recs):
         return None
     cases = preferences.pairwise_conditions(recs, summaries, conds)
-    pa = preferences.pairwise_accuracy(backend.answer_logprobs, cases, n_boot=params.baselines.bootstrap_samples,
+    pool.keep_only([policy])  # the judge is done: the policy (generator) scores the pairs
+    pa = preferences.pairwise_accuracy(pool.get(policy).answer_logprobs, cases, n_boot=params.baselines.bootstrap_samples,
                                        seed=params.seed)
     return {"condition": conds[0], **pa}
 
@@ -282,12 +291,17 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
     pool = BackendPool(models_dir, params.seed)
     try:
         answers, plans = answer(method, recs, params, pool, out_dir, policy, planner, summaries)
+        described = {"policy": pool.get(policy).describe()}
+        if plans:
+            described["planner"] = pool.get(planner or params.models.planner).describe()
+        pool.keep_only([params.models.judge])  # answering is done: only the judge's engine stays
         judge_rows = judge_answers(recs, answers, params, pool, out_dir)
+        described["judge"] = pool.get(params.models.judge).describe()
         write_predictions(recs, answers, out_dir)
         write_json_atomic(out_dir / "sample_outputs.json", output_sample(recs, answers, judge_rows))
-        result = method_metrics(method, recs, answers, plans, judge_rows, params, pool, policy, prepared, extra,
-                                planner)
-        pairwise = pairwise_metrics(method, recs, pool.get(policy), params, summaries)
+        result = method_metrics(method, recs, answers, plans, judge_rows, params, described, policy, prepared,
+                                extra, planner)
+        pairwise = pairwise_metrics(method, recs, pool, policy, params, summaries)
         if pairwise is not None:
             result["pairwise_accuracy"] = pairwise
     finally:

@@ -382,10 +382,10 @@ def _dedupe(loads: list[Load]) -> list[Load]:
 
 
 def phases(params: Params) -> list[Phase]:
-    """Models resident at once, per stage and phase, as the stage code holds them today. Every
-    generating stage opens one evaluate.BackendPool and closes it at its end, so the roles it uses
-    stay loaded together; training starts after the stage's pool is closed. Adapters are written
-    as pi(t) / phi(t) (None at t=0: the base model)."""
+    """Models resident at once, per stage and phase, as the stage code holds them. A stage's
+    evaluate.BackendPool releases what the next phase does not use (keep_only): evaluation answers,
+    then judges; VAC's train_policy frees phi(t) before pi(t-1) revises; training starts after the
+    stage's pool is closed. Adapters are written as pi(t) / phi(t) (None at t=0: the base model)."""
     p, m = params, params.models
     out: list[Phase] = []
 
@@ -403,15 +403,17 @@ def phases(params: Params) -> list[Phase]:
     judge = gen("judge")
     # stages/index.py: the retriever encodes profiles and questions, alone.
     add("index", "encode", Load("retriever", None, "encode", p.retrieval.encoder))
-    # evaluate.evaluate_method: the policy answers, then the judge scores, both in one pool.
+    # evaluate.evaluate_method: the policy answers; its engine is released; the judge scores.
     for meth in BASELINE_METHODS:
         if meth == "planpers":
             if p.planner_sft.enabled:  # planner.train_planner: LoRA SFT of the planner, alone
                 add("train_planner", "train", train("planner", "sft"))
             planner = gen("planner", "planner_sft" if p.planner_sft.enabled else None)
-            add("baseline_planpers", "plan + answer + judge", planner, gen("policy"), judge)
+            add("baseline_planpers", "plan + answer", planner, gen("policy"))
+            add("baseline_planpers", "judge", judge)
         else:
-            add(f"baseline_{meth}", "answer + judge", gen("policy"), judge)
+            add(f"baseline_{meth}", "answer", gen("policy"))
+            add(f"baseline_{meth}", "judge", judge)
 
     def adapter(kind: str, t: str) -> str | None:
         return None if t == "0" else f"{kind}({t})"
@@ -431,14 +433,17 @@ def phases(params: Params) -> list[Phase]:
             add(f"{s} judge", "judge", judge)
             if p.nlf.train_feedback:
                 add(f"{s} train_feedback", "train", train("feedback", "sft"))
-            # modes/nlf.train_policy: phi(t) and pi(t-1) in one pool, closed before training.
-            add(f"{s} train_policy", "feedback + revision", gen("feedback", phi_t), gen("policy", pi))
+            # modes/nlf.train_policy: phi(t) writes the feedback, is released, pi(t-1) revises.
+            add(f"{s} train_policy", "feedback", gen("feedback", phi_t))
+            add(f"{s} train_policy", "revision", gen("policy", pi))
             if p.train.objective == "dpo":
                 add(f"{s} train_policy", "judge revisions", judge)
             add(f"{s} train_policy", "train", train("policy", p.train.objective))
             if validate:  # loop.select_checkpoint: evaluate_method per checkpoint
-                add(f"{s} train_policy", "validation", gen("policy", "checkpoint"), judge)
-            add(f"{s} evaluate", "answer + judge", gen("policy", f"pi({t})"), judge)
+                add(f"{s} train_policy", "validation answer", gen("policy", "checkpoint"))
+                add(f"{s} train_policy", "validation judge", judge)
+            add(f"{s} evaluate", "answer", gen("policy", f"pi({t})"))
+            add(f"{s} evaluate", "judge", judge)
         else:
             gp, sp = adapter("gen", prev), adapter("sum", prev)
             s = f"summary@{t}"
@@ -451,17 +456,21 @@ def phases(params: Params) -> list[Phase]:
             if p.summary.train_generator:
                 add(f"{s} train_policy (DPO)", "train", train("generator", "dpo"))
             add(f"{s} evaluate", "summaries", gen("summarizer", f"sum({t})"))
-            add(f"{s} evaluate", "answer + judge", gen("generator", f"gen({t})"), judge)
+            add(f"{s} evaluate", "answer", gen("generator", f"gen({t})"))
+            add(f"{s} evaluate", "judge", judge)
         o, pi = f"offline_rl@{t}", adapter("pi_rl", prev)
         add(f"{o} rollout", "N answers", gen("policy", pi))
         add(f"{o} judge", "judge", judge)
         add(f"{o} train_policy", "train", train("policy", p.train.objective))
         if validate:
-            add(f"{o} train_policy", "validation", gen("policy", "checkpoint"), judge)
-        add(f"{o} evaluate", "answer + judge", gen("policy", f"pi_rl({t})"), judge)
+            add(f"{o} train_policy", "validation answer", gen("policy", "checkpoint"))
+            add(f"{o} train_policy", "validation judge", judge)
+        add(f"{o} evaluate", "answer", gen("policy", f"pi_rl({t})"))
+        add(f"{o} evaluate", "judge", judge)
     if p.mode == "summary":
         for name, role in p.transfer.generators.items():
-            add(f"transfer {name}", "answer + judge", gen(name, role=role), judge)
+            add(f"transfer {name}", "answer", gen(name, role=role))
+            add(f"transfer {name}", "judge", judge)
     return out
 
 

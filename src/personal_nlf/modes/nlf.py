@@ -186,6 +186,7 @@ def train_policy(ctx: IterationContext) -> dict:
     temp = ctx.params.models.policy.temperature if temp is None else temp
     fb = run_role(ctx, pool, "feedback", phi_t, items, "train_policy", "feedback", temperature=temp)
     fb_rows = [{"key": er.key, "j": 0, "feedback": fb[er.key]["texts"][0].strip()} for er in recs]
+    pool.keep_only([ctx.role("policy", ctx.adapter("policy"))])  # phi(t) is done: free it before pi revises
     revised = by_key(_revise(ctx, pool, recs, answers, fb_rows, "train_policy", ctx.adapter("policy")))
     pool.close()
     objective = ctx.train_config().objective
