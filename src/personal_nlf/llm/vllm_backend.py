@@ -131,6 +131,9 @@ def fit_prompt(
 
 class VLLMBackend(Backend):
     name = "vllm"
+    # Set per engine in __init__ (class defaults for instances built without it, e.g. test doubles).
+    by_token_ids = False
+    prefix_caching = True
 
     def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True,
                  prefix_caching: bool = True, by_token_ids: bool = True):
