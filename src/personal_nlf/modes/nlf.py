@@ -64,7 +64,7 @@ def rollout(ctx: IterationContext) -> dict:
         text = out[er.key]["texts"][0]
         answer, outcome = prompts.parse_answer(text)
         rows.append({"key": er.key, "domain": er.domain, "id": er.record.id, "text": text, "answer": answer,
-                     "parse_outcome": outcome, "latency_s": out[er.key]["latency_s"]})
+                     "parse_outcome": outcome})  # no wall-clock figure: results must rerun byte-identical
     write_jsonl_atomic(ctx.dir("rollout") / "answers.jsonl", rows)
     return {"records": len(rows)}
 
