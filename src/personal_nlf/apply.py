@@ -19,7 +19,7 @@ from .config import DOMAINS, Params, RoleConfig
 from .generation import generate_journaled
 from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
 from .judge import outcome_counts
-from .llm import BackendError, load_backend, sampling_for
+from .llm import BackendError, load_backend, sampling_for, submission_size
 
 log = logging.getLogger("personal_nlf")
 
@@ -90,7 +90,7 @@ def run(summaries_path: str | Path, questions_path: str | Path, role: RoleConfig
                 "latency_s": round(g.latency_s, 4), "finish_reason": g.finish_reason}
 
     try:
-        answers = generate_journaled(backend, items, sampling, journal, to_record, chunk_size=role.batch_size,
+        answers = generate_journaled(backend, items, sampling, journal, to_record, chunk_size=submission_size(role),
                                      desc="apply")
     except BackendError as e:
         done = len(journal.done)

@@ -18,7 +18,7 @@ from typing import Any
 from . import metrics, prompts
 from .config import JudgeConfig, Params, RoleConfig
 from .io import Journal, stable_hash, write_jsonl_atomic
-from .llm import sampling_for
+from .llm import sampling_for, submission_size
 from .llm.base import Backend
 from .llm.hf import expected_score
 
@@ -102,7 +102,7 @@ def judge_answers(answers: list[Answer], backend: Backend, params: Params, journ
                                    ans.response, _aspect_check(a)))
             owner.append((ans, a_idx, aspect))
     cfg, role = params.judge, params.models.judge
-    chunk = max(16, role.batch_size)  # judge batches are short prompts; small chunks starve the backend
+    chunk = max(16, submission_size(role))  # hf: short prompts, >=16 a chunk; vllm: thousands; openai: a full pool
     journal = None
     if journal_path is None:
         scored = dict(zip([it.key for it in items], score_items(items, backend, cfg, role, params.seed, chunk)))

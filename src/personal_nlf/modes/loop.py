@@ -13,7 +13,7 @@ from typing import Any
 from .. import evaluate, judge, training
 from ..generation import generate_journaled
 from ..io import Journal, stable_hash
-from ..llm import sampling_for
+from ..llm import sampling_for, submission_size
 from . import IterationContext
 
 log = logging.getLogger("personal_nlf")
@@ -56,7 +56,7 @@ def run_role(ctx: IterationContext, pool: evaluate.BackendPool, role_name: str, 
                 "completion_tokens": sum(g.completion_tokens for g in gens),
                 "latency_s": round(sum(g.latency_s for g in gens), 4)}
 
-    out = generate_journaled(backend, items, sampling, j, to_record, chunk_size=role.batch_size, desc=f"{step}:{name}")
+    out = generate_journaled(backend, items, sampling, j, to_record, chunk_size=submission_size(role), desc=f"{step}:{name}")
     j.close(remove=True)
     return out
 
