@@ -7,7 +7,7 @@ BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
 RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup setup-vllm repro test test-fast plots clean
+.PHONY: setup setup-vllm repro test test-vllm-pipeline test-fast plots clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -28,8 +28,13 @@ repro: setup
 setup-vllm:
 	PYTHON=$(PYTHON) bash scripts/setup_vllm_cpu.sh
 
+# Everything but the whole-pipeline-on-vLLM test (11 min on 2 cores): that one is
+# `make test-vllm-pipeline` (the vLLM backend, server and judge tests do run here).
 test: setup setup-vllm
-	$(RUN) python -m pytest
+	$(RUN) python -m pytest -m "not vllm_pipeline"
+
+test-vllm-pipeline: setup setup-vllm
+	$(RUN) python -m pytest -m vllm_pipeline
 
 test-fast: setup
 	$(RUN) python -m pytest -m "not slow"

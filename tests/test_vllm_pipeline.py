@@ -20,7 +20,7 @@ import pytest
 from conftest import copy_worktree, run, set_params
 from personal_nlf.io import read_jsonl
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.vllm_pipeline]
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(os.environ.get("PERSONAL_NLF_VLLM_VENV", ROOT / ".venv-vllm"))
 ROLES = ("policy", "planner", "feedback", "judge", "summarizer", "generator")
