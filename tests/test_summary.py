@@ -402,3 +402,50 @@ def test_apply_against_a_real_model_server_answers_and_judges(tmp_path, capsys, 
     assert len(answers) == len(qs) and all(a["answer"].strip() for a in answers)
     scores = [json.loads(x) for x in out.with_name("answers.judge_scores.jsonl").read_text().splitlines()]
     assert len(scores) == sum(len(q["rubric_aspects"]) for q in qs)
+
+
+def test_judge_reward_aggregates_aspect_scores_through_the_judging_path(tmp_path):
+    """build_reward(judge): generator(t-1) answers from each summary; judge.judge_answers scores
+    every rubric aspect (logprob: expected score); the reward is the mean aspect score / 2 minus
+    the length cost. Hand-computed: the aspects score 2.0 and 1.0 for the answer "A", 0.0 and
+    0.0 for "B"; budget 4 tokens, cost 0.5."""
+    import math as m
+
+    from personal_nlf import modes
+    from personal_nlf.config import Params, SummaryConfig
+    from personal_nlf.llm.base import Backend, Generation
+    from personal_nlf.modes import summary as summary_mode
+
+    (tmp_path / "iter_0" / "train_policy").mkdir(parents=True)
+    (tmp_path / "iter_0" / "train_policy" / "state.json").write_text('{"adapter": null}')
+    params = Params(mode="summary", summary=SummaryConfig(reward="judge", budget_tokens=4, length_cost=0.5))
+    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path)
+
+    class Model(Backend):  # generator and judge: the same hf engine in the default
+        name = "fake"
+
+        def generate(self, msgs, sampling):  # the answer follows the summary: "good" -> A
+            return [[Generation('{"personalized_answer": "%s"}' % ("A" if "good" in json.dumps(mm) else "B"), 5, 3, 0.0)]
+                    for mm in msgs]
+
+        def choice_logprobs(self, msgs, prefix, choices):  # label probabilities by (answer, aspect)
+            out = []
+            for mm in msgs:
+                text = mm[-1]["content"]
+                want = {("A", "budget"): "2", ("A", "noise"): "1"}.get(
+                    ("A" if "Response:\nA" in text else "B", "budget" if "check: budget" in text else "noise"), "0")
+                out.append({c: (0.0 if c == want else -1e9) for c in choices})
+            return out
+
+        def describe(self):
+            return {"backend": "fake"}
+
+    class Pool:
+        def get(self, role):
+            return Model()
+
+    reward = summary_mode.build_reward(ctx, Pool())
+    out = reward(**grpo_kwargs(["a good summary", "a bad one"], [4, 6]))
+    # "good": (2 + 1) / (2 * 2) = 0.75, within budget; "bad": 0 - 0.5 * (6 - 4) / 4 = -0.25.
+    assert out == [pytest.approx(0.75), pytest.approx(-0.25)]
+    assert reward.counts["judge:logprob"] == 4 and m.isclose(reward.history[-1]["judge_score"], 0.375)

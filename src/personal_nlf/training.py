@@ -31,7 +31,10 @@ log = logging.getLogger("personal_nlf")
 class GRPOSettings:
     reward_funcs: list[Callable]
     num_generations: int
-    beta: float  # KL coefficient to the reference (the base model with the adapter disabled)
+    # KL coefficient to the reference: the model this run starts from (iteration 1: the base model,
+    # adapters disabled; later: TRL's frozen copy of the loaded adapter, the previous iteration's
+    # model; tests/test_reference.py).
+    beta: float
     max_completion_length: int
     temperature: float
     # Sampling of the G completions through TRL's own vLLM integration. None: when the trained
@@ -221,7 +224,7 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
              "distributed_type": trainer.accelerator.distributed_type.value,
              "backend": trainer.accelerator.state.backend}  # e.g. MULTI_CPU over gloo, MULTI_GPU over nccl
     if objective == "grpo":
-        # Per step: reward mean/std, KL to the untrained model, summary length (TRL's names).
+        # Per step: reward mean/std, KL to the reference (the model this run started from), summary length.
         keys = ("reward", "reward_std", "kl", "completions/mean_length", "entropy")
         stats["steps_log"] = [{"step": h.get("step"), **{k: h[k] for k in keys if k in h},
                                **{k: v for k, v in h.items() if k.startswith(("summary/", "rewards/"))}}

@@ -13,8 +13,8 @@ here `train_feedback` trains the summarizer and `train_policy` the generator):
                   preference pair (ties: first sampled is best, last sampled is worst)
   train_feedback  GRPO (TRL GRPOTrainer + LoRA) of the summarizer: G summaries per record, reward
                   = judge score of generator(t-1)'s answer given each summary, or POPI's
-                  preference reward on the pair (rewards.py), minus a length cost; KL to the
-                  untrained summarizer with coefficient summary.kl_beta
+                  preference reward on the pair (rewards.py), minus a length cost; KL (summary.kl_beta) to the
+                  summarizer this iteration starts from (iteration 1: the untrained one)
   train_policy    LoRA DPO of the generator on its pairs given the summary (summary.train_generator)
   evaluate        summarizer(t) writes the evaluation split's summaries; generator(t) answers from
                   them; judged; context reduction against RAG with k = retrieval.k
