@@ -63,7 +63,7 @@ def test_per_iteration_training_overrides():
 
 
 def test_offline_rl_best_first_worst_last_on_ties():
-    from personal_nlf.modes.offline_rl import best_and_worst
+    from personal_nlf.modes.loop import best_and_worst
 
     s = best_and_worst([0.2, 0.8, 0.8, 0.2])
     assert (s["best_j"], s["worst_j"]) == (1, 3) and not s["all_equal"]
@@ -71,7 +71,7 @@ def test_offline_rl_best_first_worst_last_on_ties():
 
 
 def test_offline_rl_all_equal_samples_give_no_dpo_pair():
-    from personal_nlf.modes.offline_rl import best_and_worst
+    from personal_nlf.modes.loop import best_and_worst
 
     s = best_and_worst([0.0, 0.0, 0.0])  # e.g. every judge output failed: all scored 0
     assert s["all_equal"] and s["best_j"] == 0 and s["worst_j"] == 2

@@ -263,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_rescore)
     e = sub.add_parser("export", help="write a summary-mode iteration's per-user summaries to exports/",
                        description="Write exports/summaries.jsonl (one line per user: summary, summarizer model "
-                                   "and adapter, iteration, profile hash, time; never profile text) and "
+                                   "and adapter, iteration, profile hash; never profile text) and "
                                    "exports/summaries.openai.jsonl (a system message per user).")
     e.add_argument("--params", default="params.yaml")
     e.add_argument("--iteration", default=None, help="default: params summary.export_iteration, else the last iteration")

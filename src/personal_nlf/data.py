@@ -18,7 +18,7 @@ from typing import Any
 import polars as pl
 
 from . import verifier
-from .io import read_jsonl
+from .io import read_jsonl, read_text
 
 LOCAL_SUFFIXES = (".json", ".jsonl", ".parquet")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -126,12 +126,7 @@ def read_rows(path: str | Path) -> list[Any]:
             return pl.read_parquet(path).to_dicts()
         except Exception as e:  # polars raises several exception types for corrupt files
             raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-    raw = path.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}: line {line}: not valid UTF-8 (byte {e.start})") from None
+    text = read_text(path, DataError)
     if suffix == ".jsonl":
         return read_jsonl(path, error=DataError, what="JSON object (one record per line)")
     if suffix == ".json":
@@ -166,6 +161,22 @@ def _nonempty_str(rec: dict, key: str, where, problems: list[str], required: boo
     return v
 
 
+def located_rows(rows: list[Any], source: str, problems: list[str]):
+    """(index, row, label, where) for every row that is a JSON object; any other row is reported
+    in `problems`. `where(field, message)` names the file, the record (index and id) and the field."""
+    for i, rec in enumerate(rows):
+        rid = rec.get("id") if isinstance(rec, dict) else None
+        label = f"record {i} (id={rid!r})" if isinstance(rid, str) and rid else f"record {i}"
+        if not isinstance(rec, dict):
+            problems.append(f"{source}: {label}: expected an object, got {_type_name(rec)}")
+            continue
+
+        def where(fld: str, msg: str, _label=label) -> str:
+            return f"{source}: {_label}: field '{fld}': {msg}"
+
+        yield i, rec, label, where
+
+
 def validate_rows(
     rows: list[Any],
     source: str,
@@ -177,16 +188,7 @@ def validate_rows(
     report = LoadReport()
     records: list[Record] = []
     seen: dict[str, int] = {}
-    for i, rec in enumerate(rows):
-        rid = rec.get("id") if isinstance(rec, dict) else None
-        label = f"record {i} (id={rid!r})" if isinstance(rid, str) and rid else f"record {i}"
-
-        def where(fld: str, msg: str, _label=label) -> str:
-            return f"{source}: {_label}: field '{fld}': {msg}"
-
-        if not isinstance(rec, dict):
-            problems.append(f"{source}: {label}: expected an object, got {_type_name(rec)}")
-            continue
+    for i, rec, label, where in located_rows(rows, source, problems):
         n_before = len(problems)
         rid = _nonempty_str(rec, "id", where, problems)
         question = _nonempty_str(rec, "question", where, problems)

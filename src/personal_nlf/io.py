@@ -65,6 +65,23 @@ def write_parquet_atomic(path: str | Path, df: pl.DataFrame) -> None:
     _atomic(Path(path), lambda f: df.write_parquet(f))
 
 
+def read_text(path: str | Path, error: type[Exception] = ValueError) -> str:
+    """A UTF-8 file's text; a missing, unreadable or non-UTF-8 file raises `error` in one line
+    naming the file (and the line of the first bad byte)."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise error(f"{path}: line {line}: not valid UTF-8 (byte {e.start})") from None
+
+
 def read_jsonl(path: str | Path, error: type[Exception] = ValueError, what: str = "JSON object") -> list[dict]:
     """The rows of a JSONL file (see numbered_jsonl)."""
     return [row for _, row in numbered_jsonl(path, error, what)]
@@ -76,17 +93,7 @@ def numbered_jsonl(path: str | Path, error: type[Exception] = ValueError,
     problem is raised as `error` in one line naming the file and the line (callers pass their own
     error type so the CLI, the data loader and the export reader report it their way)."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise error(f"{path}: no such file") from None
-    except OSError as e:
-        raise error(f"{path}: cannot read ({e.strerror or e})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[:e.start].count(b"\n") + 1
-        raise error(f"{path}: line {line}: not valid UTF-8 (byte {e.start})") from None
+    text = read_text(path, error)
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():

@@ -61,7 +61,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import HUB_ID, DataError, _nonempty_str, _type_name, read_rows, validate_rows
+from .data import HUB_ID, DataError, _nonempty_str, _type_name, located_rows, read_rows, validate_rows
 
 KINDS = ("lamp_qa", "pairs", "choice")
 
@@ -225,16 +225,7 @@ def validate_preference_rows(rows: list[Any], source: str, kind: str = "auto"
     problems: list[str] = []
     records: list[PreferenceRecord] = []
     seen: dict[str, int] = {}
-    for i, rec in enumerate(rows):
-        rid = rec.get("id") if isinstance(rec, dict) else None
-        label = f"record {i} (id={rid!r})" if isinstance(rid, str) and rid else f"record {i}"
-
-        def where(fld: str, msg: str, _label=label) -> str:
-            return f"{source}: {_label}: field '{fld}': {msg}"
-
-        if not isinstance(rec, dict):
-            problems.append(f"{source}: {label}: expected an object, got {_type_name(rec)}")
-            continue
+    for i, rec, label, where in located_rows(rows, source, problems):
         n = len(problems)
         k = detect_kind(rec) if kind == "auto" else kind
         if k not in ("pairs", "choice"):

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from .. import evaluate, judge, training
+from .. import evaluate, judge, prompts, training
 from ..generation import generate_journaled
 from ..io import Journal, stable_hash
 from ..llm import sampling_for, submission_size
@@ -61,6 +61,24 @@ def run_role(ctx: IterationContext, pool: evaluate.BackendPool, role_name: str, 
     return out
 
 
+def sample_answers(ctx: IterationContext, recs: list[evaluate.EvalRecord], role_name: str, adapter: str | None,
+                   items: list[tuple[str, list]], step: str, n: int, temperature: float) -> list[dict]:
+    """N sampled answers per record from one role (journaled), parsed: rows with key, j, text,
+    answer, parse_outcome (offline RL's rollout, summary mode's signal)."""
+    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
+    try:
+        out = run_role(ctx, pool, role_name, adapter, items, step, "samples", n=n, temperature=temperature)
+    finally:
+        pool.close()
+    rows = []
+    for er in recs:
+        for j, text in enumerate(out[er.key]["texts"]):
+            answer, outcome = prompts.parse_answer(text)
+            rows.append({"key": er.key, "domain": er.domain, "id": er.record.id, "j": j, "text": text,
+                         "answer": answer, "parse_outcome": outcome})
+    return rows
+
+
 def select_best(initial: float | None, scores: list[float]) -> dict[str, Any]:
     """The candidate that scores highest. Ties go to the lowest index (the first sampled), so
     selection is deterministic; all-equal picks candidate 0. Failed judge outputs arrive already
@@ -95,6 +113,21 @@ def judge_candidates(ctx: IterationContext, candidates: list[tuple[evaluate.Eval
     finally:
         pool.close()
     return rows, {(er.key, cand): scores[f"{er.key}|{cand}"] for er, cand, _ in candidates}
+
+
+def rank_samples(ctx: IterationContext, recs: list[evaluate.EvalRecord], samples: list[dict], n: int,
+                 out_dir: Path) -> tuple[list[dict], list[tuple[evaluate.EvalRecord, dict, str, str]]]:
+    """Judge N sampled answers per record (rows with key, j, answer) and rank them: per record
+    best_and_worst of its samples, with the best and worst texts. Offline RL trains on the best
+    (or best > worst); summary mode makes best > worst the generator's preference pair."""
+    by_rec = {er.key: er for er in recs}
+    rows, score = judge_candidates(ctx, [(by_rec[s["key"]], f"s{s['j']}", s["answer"]) for s in samples], out_dir)
+    text = {(s["key"], s["j"]): s["answer"] for s in samples}
+    ranked = []
+    for er in recs:
+        sel = best_and_worst([score[(er.key, f"s{j}")] for j in range(n)])
+        ranked.append((er, sel, text[(er.key, sel["best_j"])], text[(er.key, sel["worst_j"])]))
+    return rows, ranked
 
 
 def fit_policy(ctx: IterationContext, objective: str, rows: list[dict], out: Path) -> dict:

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import json
 
-from .. import evaluate, prompts, training
+from .. import prompts, training
 from ..io import read_jsonl, write_json_atomic, write_jsonl_atomic
 from ..judge import label_mass_summary, outcome_counts
 from . import IterationContext
-from .loop import best_and_worst, by_key, evaluate_policy, fit_policy, judge_candidates, run_role, train_records
+from .loop import by_key, evaluate_policy, fit_policy, rank_samples, sample_answers, train_records
 
 
 def init(ctx: IterationContext) -> dict:
@@ -33,37 +33,18 @@ def init(ctx: IterationContext) -> dict:
 
 def rollout(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    n = ctx.params.nlf.n_feedback
-    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
     items = [(er.key, prompts.rag(er.record.question, er.own)) for er in recs]
-    out = run_role(ctx, pool, "policy", ctx.adapter("policy"), items, "rollout", "samples", n=n,
-                   temperature=ctx.params.offline_rl.temperature)
-    pool.close()
-    rows = []
-    for er in recs:
-        for j, text in enumerate(out[er.key]["texts"]):
-            answer, outcome = prompts.parse_answer(text)
-            rows.append({"key": er.key, "domain": er.domain, "id": er.record.id, "j": j, "text": text,
-                         "answer": answer, "parse_outcome": outcome})
+    rows = sample_answers(ctx, recs, "policy", ctx.adapter("policy"), items, "rollout", ctx.params.nlf.n_feedback,
+                          ctx.params.offline_rl.temperature)
     write_jsonl_atomic(ctx.dir("rollout") / "samples.jsonl", rows)
     return {"samples": len(rows), "distinct_share": round(
         len({(r["key"], r["answer"]) for r in rows}) / max(1, len(rows)), 4)}
 
 
 def judge(ctx: IterationContext) -> dict:
-    recs = train_records(ctx)
-    by_rec = {er.key: er for er in recs}
     samples = read_jsonl(ctx.dir("rollout") / "samples.jsonl")
-    rows, score = judge_candidates(ctx, [(by_rec[s["key"]], f"s{s['j']}", s["answer"]) for s in samples],
-                                   ctx.dir("judge"))
-    answer = {(s["key"], s["j"]): s["answer"] for s in samples}
-    n = ctx.params.nlf.n_feedback
-    selection = []
-    for er in recs:
-        scores = [score[(er.key, f"s{j}")] for j in range(n)]
-        sel = best_and_worst(scores)
-        selection.append({"key": er.key, **sel, "best": answer[(er.key, sel["best_j"])],
-                          "worst": answer[(er.key, sel["worst_j"])]})
+    rows, ranked = rank_samples(ctx, train_records(ctx), samples, ctx.params.nlf.n_feedback, ctx.dir("judge"))
+    selection = [{"key": er.key, **sel, "best": best, "worst": worst} for er, sel, best, worst in ranked]
     write_jsonl_atomic(ctx.dir("judge") / "selection.jsonl", selection)
     k = len(selection)
     summary = {

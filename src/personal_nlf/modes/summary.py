@@ -35,7 +35,7 @@ from ..llm import render_plain, sampling_for
 from ..rewards import JudgeReward, PlusReward, PopiReward, PreferenceReward
 from ..summaries import profile_hash, scrub, select_profile
 from . import IterationContext
-from .loop import best_and_worst, by_key, fit_last, judge_candidates, run_role, train_records
+from .loop import by_key, fit_last, rank_samples, run_role, sample_answers, train_records
 
 log = logging.getLogger("personal_nlf")
 
@@ -129,17 +129,9 @@ def rollout(ctx: IterationContext) -> dict:
 def signal(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
     summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
-    n = ctx.params.summary.n_answers
     items = [(er.key, prompts.summary_answer(er.record.question, summaries[er.key]["summary"])) for er in recs]
-    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
-    out = run_role(ctx, pool, "generator", ctx.adapter(GENERATOR), items, "signal", "answers", n=n,
-                   temperature=ctx.params.summary.answer_temperature)
-    pool.close()
-    rows = []
-    for er in recs:
-        for j, text in enumerate(out[er.key]["texts"]):
-            answer, outcome = prompts.parse_answer(text)
-            rows.append({"key": er.key, "j": j, "text": text, "answer": answer, "parse_outcome": outcome})
+    rows = sample_answers(ctx, recs, "generator", ctx.adapter(GENERATOR), items, "signal", ctx.params.summary.n_answers,
+                          ctx.params.summary.answer_temperature)
     write_jsonl_atomic(ctx.dir("signal") / "answers.jsonl", rows)
     return {"answers": len(rows), "distinct_share": round(len({(r["key"], r["answer"]) for r in rows}) / len(rows), 4)}
 
@@ -152,18 +144,10 @@ def refine(ctx: IterationContext) -> dict:
 
 
 def judge(ctx: IterationContext) -> dict:
-    recs = train_records(ctx)
-    by_rec = {er.key: er for er in recs}
     answers = read_jsonl(ctx.dir("signal") / "answers.jsonl")
-    rows, score = judge_candidates(ctx, [(by_rec[a["key"]], f"a{a['j']}", a["answer"]) for a in answers],
-                                   ctx.dir("judge"))
-    text = {(a["key"], a["j"]): a["answer"] for a in answers}
-    n = ctx.params.summary.n_answers
-    pairs = []
-    for er in recs:
-        sel = best_and_worst([score[(er.key, f"a{j}")] for j in range(n)])
-        pairs.append({"key": er.key, **sel, "preferred": _answer_json(text[(er.key, sel["best_j"])]),
-                      "dispreferred": _answer_json(text[(er.key, sel["worst_j"])])})
+    rows, ranked = rank_samples(ctx, train_records(ctx), answers, ctx.params.summary.n_answers, ctx.dir("judge"))
+    pairs = [{"key": er.key, **sel, "preferred": _answer_json(best), "dispreferred": _answer_json(worst)}
+             for er, sel, best, worst in ranked]
     write_jsonl_atomic(ctx.dir("judge") / "pairs.jsonl", pairs)
     summary = {"records": len(pairs),
                "mean_answer_score": round(sum(p["mean_score"] for p in pairs) / len(pairs), 4),
