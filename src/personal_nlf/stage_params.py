@@ -46,6 +46,9 @@ _STEPS: dict[str, dict[str, set[str]]] = {
 }
 # Summary mode: the same skeleton as VAC (refine does nothing) plus its own section and roles.
 _STEPS["summary"] = {s: k | _SUMMARY if s != "refine" else k for s, k in _STEPS["nlf"].items()}
+# The summarizer's GRPO reward judges the generator's answers; evaluation compares with RAG at k.
+_STEPS["summary"]["train_feedback"] |= {"models.judge", "judge"}
+_STEPS["summary"]["evaluate"] |= {"retrieval.k"}
 
 
 def _flag(argv: list[str], name: str) -> str | None:
