@@ -141,7 +141,20 @@ def plan(root: Path) -> str:
     return "\n".join(parts)
 
 
-GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks, "plan": plan}
+def judge_benchmark(root: Path) -> str:
+    """The judge section of benchmarks/RESULTS_judge.md (bench_generation.py): the logprob judge with
+    and without the shared prefix per answer, side by side on the same aspects."""
+    text = (root / "benchmarks/RESULTS_judge.md").read_text()
+    head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command): (.*)$", text, re.M)[:3]}
+    section = text[text.index("## 3. Judge"):]
+    rows = [ln for ln in section.splitlines() if ln.startswith("|")][:5]
+    ratio = next(ln for ln in section.splitlines() if ln.startswith("generate / logprob time per aspect"))
+    return (f"From `benchmarks/RESULTS_judge.md` ({head.get('Date')}, git {head.get('Git revision')}; "
+            f"`{head.get('Command')}`):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+
+
+GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks, "plan": plan,
+              "judge_benchmark": judge_benchmark}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
