@@ -126,12 +126,11 @@ def read_rows(path: str | Path) -> list[Any]:
             return pl.read_parquet(path).to_dicts()
         except Exception as e:  # polars raises several exception types for corrupt files
             raise DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
-    text = read_text(path, DataError)
     if suffix == ".jsonl":
         return read_jsonl(path, error=DataError, what="JSON object (one record per line)")
     if suffix == ".json":
         try:
-            data = json.loads(text)
+            data = json.loads(read_text(path, DataError))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: line {e.lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(data, list):
