@@ -97,7 +97,7 @@ def timings(root: Path) -> str:
     total = sum(stages["seconds"].values())
     lines += ["", f"Stages of that run ({stages['date']}, {stages['machine']}): {len(stages['seconds'])} stages, "
               f"{total / 60:.1f} min of stage time in all (the sum of the stages' own durations; "
-              f"wall time of the whole `dvc repro`: {stages['wall_minutes']} min).", "",
+              f"wall time of the whole `make repro` on a fresh clone, setup included: {stages['wall_minutes']} min).", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in sorted(stages["seconds"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines) + "\n"
@@ -171,7 +171,8 @@ def main(argv=None) -> int:
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md differs from its sources")
     ap.add_argument("--stage-times", action="store_true",
                     help="write metrics/stage_times.json from logs/ (after a full `dvc repro`)")
-    ap.add_argument("--wall-minutes", type=float, default=None, help="with --stage-times: measured wall time")
+    ap.add_argument("--wall-minutes", type=float, default=None,
+                    help="with --stage-times: measured wall time of `make repro` on a fresh clone, setup included")
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     if args.stage_times:
