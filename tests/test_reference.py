@@ -154,3 +154,24 @@ def test_grpo_kl_reference_from_iteration_2_is_the_loaded_adapter(tiny, tmp_path
         base = completion_logps(fresh(tiny, None), batch)
         assert close(seen["ref_after"], prev) and not close(seen["ref_after"], base)
         assert not close(seen["policy_after"], prev)  # the policy moved; the reference did not
+
+
+def test_exported_adapter_config_is_the_same_bytes_whatever_the_set_order_peft_wrote(tmp_path):
+    """PEFT writes target_modules ("all-linear" resolved) in a Python set's order, which follows the
+    string-hash seed: two runs wrote the same weights under differently ordered configs. The export
+    sorts the list, so the adapter folder (and its DVC hash) is byte-identical across runs."""
+    import json
+
+    from personal_nlf import training
+
+    outs = []
+    for i, order in enumerate((["up_proj", "k_proj", "down_proj", "q_proj"], ["q_proj", "down_proj", "up_proj", "k_proj"])):
+        ckpt = tmp_path / f"checkpoint-{i}"
+        ckpt.mkdir()
+        (ckpt / "adapter_config.json").write_text(json.dumps({"r": 8, "target_modules": order, "peft_type": "LORA"}))
+        (ckpt / "adapter_model.safetensors").write_bytes(b"same weights")
+        outs.append(training.export_adapter(ckpt, tmp_path / f"out-{i}"))
+    a, b = ((o / "adapter_config.json").read_bytes() for o in outs)
+    assert a == b
+    assert json.loads(a)["target_modules"] == ["down_proj", "k_proj", "q_proj", "up_proj"]
+    assert (outs[0] / "adapter_model.safetensors").read_bytes() == b"same weights"

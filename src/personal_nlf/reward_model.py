@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from . import models
+from . import models, training
 from .config import RoleConfig, TrainConfig
 
 log = logging.getLogger("personal_nlf")
@@ -100,6 +100,7 @@ def train(rows: list[dict[str, Any]], role: RoleConfig, models_dir, cfg: TrainCo
     result = trainer.train()
     out.mkdir(parents=True, exist_ok=True)
     trainer.model.save_pretrained(str(out))
+    training.sort_adapter_config(out)
     shutil.rmtree(work_dir, ignore_errors=True)
     hist = [h for h in trainer.state.log_history if "loss" in h]
     return {"steps": trainer.state.global_step, "examples": len(rows), "kept": kept,

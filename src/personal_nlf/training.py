@@ -284,7 +284,20 @@ def export_adapter(checkpoint: str | Path, out: str | Path) -> Path:
         if not src.exists():
             raise FileNotFoundError(f"{checkpoint}: no {name} (not a PEFT checkpoint)")
         shutil.copy2(src, out / name)
+    sort_adapter_config(out)
     return out
+
+
+def sort_adapter_config(folder: str | Path) -> None:
+    """PEFT writes target_modules resolved from "all-linear" in the order of a Python set, which
+    follows the process's string-hash seed: two runs of the same training wrote identical weights
+    but differently ordered configs, so the adapter folder's DVC hash changed. Sort the list (PEFT
+    reads it as a set) so a rerun's adapter folder is byte-identical."""
+    path = Path(folder) / "adapter_config.json"
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    if isinstance(cfg.get("target_modules"), list):
+        cfg["target_modules"] = sorted(cfg["target_modules"])
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def sft_row(prompt: Messages, completion: str) -> dict[str, Any]:
