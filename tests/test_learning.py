@@ -16,7 +16,8 @@ answer those 8 users (greedy, RAG prompt) and are scored by the verifier on thei
 - start:    the untrained policy;
 - trained:  SFT on (user's RAG prompt -> the verifier's best candidate for that user);
 - shuffled: the same run, same prompts and the same set of targets, each target paired with another
-            user's prompt (a seeded derangement), so the target no longer follows from the profile.
+            user's prompt (rag_random's seeded derangement, `retrieval.other_user`), so the
+            target no longer follows from the profile.
 
 The trained policy must beat its start and the shuffled run by a margin. A bug that trains on the
 wrong targets, drops the profile from the prompt, trains nothing, or evaluates the base model instead
@@ -38,12 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from pathlib import Path
 
 import pytest
 
-from personal_nlf import evaluate, judge, prompts, training
+from personal_nlf import evaluate, judge, prompts, retrieval, training
 from personal_nlf.config import Params
 from personal_nlf.data import load_split
 from personal_nlf.modes.loop import select_best
@@ -95,15 +95,6 @@ def best_candidates(recs: list[evaluate.EvalRecord], p: Params) -> list[str]:
     return [cands[er.key][b["best_j"]] for er, b in zip(recs, best)]
 
 
-def derangement(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    while True:
-        perm = list(range(n))
-        rng.shuffle(perm)
-        if all(i != p for i, p in enumerate(perm)):
-            return perm
-
-
 def sft_rows(recs: list[evaluate.EvalRecord], targets: list[str]) -> list[dict]:
     return [training.sft_row(prompts.rag(er.record.question, er.own),
                              json.dumps({"personalized_answer": t}, ensure_ascii=False))
@@ -136,7 +127,7 @@ def test_training_on_verifier_best_targets_raises_the_score_and_shuffled_targets
     # The verifier picks the response written for the user's own persona.
     assert targets == [er.record.pairs[0].chosen for er in train_users]
     rows = sft_rows(train_users, targets)
-    shuffled_rows = sft_rows(train_users, [targets[j] for j in derangement(len(targets), SEED)])
+    shuffled_rows = sft_rows(train_users, [targets[j] for j in retrieval.other_user(len(targets), SEED)])
     # The control differs from the real run in the pairing only: same prompts, same target set.
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in shuffled_rows]
     assert sorted(json.dumps(r["completion"]) for r in rows) == sorted(json.dumps(r["completion"]) for r in shuffled_rows)
