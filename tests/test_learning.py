@@ -24,7 +24,8 @@ wrong targets, drops the profile from the prompt, trains nothing, or evaluates t
 of the adapter fails here.
 
 STATUS: this test FAILS with the embedded SmolLM2-135M, so `make test` leaves it out (marker
-`learning`; run it with `make test-learning`). Measured on this 2-core CPU, 2026-12-01:
+`learning`; run it with `make test-learning`). Measured on this 2-core CPU, 2026-12-01 (with the
+test's own derangement of the same kind before it moved to `retrieval.other_user`):
 - these settings (8 users, 24 steps of batch 2, lr 3e-3; 5 min): start 0.375, trained 0.542,
   shuffled 0.458. Both runs reach a training loss near 0.1, yet greedy decoding gives every user of
   a question the same form (trained: lists for all 8, shuffled: prose for all 8): the policy learned
