@@ -199,6 +199,24 @@ def test_trainer_args_build_a_trl_config(tmp_path, monkeypatch):
     assert off.gradient_checkpointing is False and getattr(off, "activation_checkpointing", False) is False
 
 
+@pytest.mark.parametrize("max_steps,warmup", [(1, 0), (4, 0), (10, 1), (29, 2), (5000, 500)])
+def test_warmup_never_spends_a_short_run_at_learning_rate_zero(tmp_path, max_steps, warmup):
+    """10% warmup rounded down, as transformers resolves it: a 1-step run must train (rounded up,
+    its only step ran at learning rate 0 and the adapter came out as initialised)."""
+    import torch
+    from transformers import get_scheduler
+    from trl import SFTConfig
+
+    from personal_nlf import training
+
+    conf = SFTConfig(**training._common_args(TrainConfig(max_steps=max_steps, warmup_ratio=0.1), tmp_path, 0, []))
+    assert conf.get_warmup_steps(max_steps) == warmup
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = get_scheduler(conf.lr_scheduler_type, opt, num_warmup_steps=conf.get_warmup_steps(max_steps),
+                          num_training_steps=max_steps)
+    assert (sched.get_last_lr()[0] > 0) is (warmup == 0)  # the first step trains unless it warms up
+
+
 def test_continued_peft_adapter_gets_gradients_with_checkpointing(tmp_path):
     """What the trainer does with our args: a PeftModel reloaded trainable (iteration t continues
     t-1's adapter), checkpointing on with our kwargs: every LoRA weight gets a gradient."""

@@ -1,6 +1,7 @@
 """The real pipeline (`dvc repro`) on a tiny slice of the shipped sample, in a fresh copy of the
 repo: every stage runs for real with the embedded models."""
 
+import hashlib
 import json
 import os
 import signal
@@ -154,6 +155,11 @@ def ran_stages(out) -> set[str]:
     return {line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage")}
 
 
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.md5(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_iterations_are_cached_separately(pipeline):
     """T is a param: adding iteration 2 runs only iteration 2 (both loops), export and the report;
     then changing an iteration-2 training param reruns only iteration 2's training and what
@@ -165,9 +171,16 @@ def test_iterations_are_cached_separately(pipeline):
     assert json.loads((repo / "outputs/offline_rl/iter_2/train_policy/train_stats.json").read_text())["steps"] == 1
     report = json.loads((repo / "metrics/report.json").read_text())
     assert {"nlf@1", "nlf@2", "offline_rl@1", "offline_rl@2"} <= {r["method"] for r in report["table"]}
+    vac_policy_before = _tree_digest(repo / "outputs/nlf/iter_2/train_policy")
     out = dvc("exp", "run", "-S", "++nlf.iterations.2.learning_rate=0.0001", cwd=repo)
-    assert ran_stages(out) == loop_stages("2", vac=("train_feedback", "train_policy", "evaluate"),
-                                          offline_rl=("train_policy", "evaluate")) | {"export", "report"}, out.stdout
+    ran = ran_stages(out)
+    # Both loops retrain; offline RL's one step at another rate gives other weights, so its
+    # evaluation reruns. VAC's evaluation reruns only if its policy stage wrote something new: on
+    # this slice the revisions may all be dropped, leaving pi(1) in place (DVC then skips it).
+    vac_policy_changed = _tree_digest(repo / "outputs/nlf/iter_2/train_policy") != vac_policy_before
+    expected = loop_stages("2", vac=("train_feedback", "train_policy") + (("evaluate",) if vac_policy_changed else ()),
+                           offline_rl=("train_policy", "evaluate"))
+    assert ran == expected | {"export", "report"}, out.stdout
 
 
 def test_trained_planner_option(pipeline):

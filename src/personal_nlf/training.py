@@ -73,6 +73,13 @@ def _lora_config(cfg: TrainConfig):
                       target_modules=cfg.target_modules, task_type="CAUSAL_LM")
 
 
+def warmup_steps(ratio: float, max_steps: int) -> int:
+    """Warmup steps rounded down. transformers rounds a ratio up, so a run of fewer than 1/ratio
+    steps spent its first step at learning rate 0: a 1-step run trained nothing, and the CPU
+    default's 4 steps only 3."""
+    return int(ratio * max_steps + 1e-9)  # 0.29 * 100 is 28.999...96 in floats
+
+
 def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[str],
                  device: str | None = None) -> dict[str, Any]:
     """device: the trained role's resolved device (hf.pick_device(role.device)); None = CUDA if present."""
@@ -83,8 +90,7 @@ def _common_args(cfg: TrainConfig, work_dir: Path, seed: int, report_to: list[st
     return {
         "output_dir": str(work_dir), "max_steps": cfg.max_steps, "per_device_train_batch_size": cfg.per_device_batch_size,
         "gradient_accumulation_steps": cfg.gradient_accumulation_steps, "learning_rate": cfg.learning_rate,
-        # transformers 5: a float warmup_steps in [0, 1) is a ratio of the total steps.
-        "warmup_steps": float(cfg.warmup_ratio) if cfg.warmup_ratio < 1 else 0, "lr_scheduler_type": "linear", "logging_steps": 1,
+        "warmup_steps": warmup_steps(cfg.warmup_ratio, cfg.max_steps), "lr_scheduler_type": "linear", "logging_steps": 1,
         "save_strategy": "steps", "save_steps": cfg.save_steps, "save_only_model": False,
         # TRL defaults to bf16 + gradient checkpointing: ~10x slower (or crashing) on CPU, so both are
         # set here, not left to TRL: bf16 autocast on GPUs that have it, checkpointing per train.gradient_checkpointing.
