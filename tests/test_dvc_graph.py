@@ -179,3 +179,17 @@ def test_stage_run_applies_the_guard_when_asked(monkeypatch, tmp_path):
     monkeypatch.delenv("PERSONAL_NLF_PARAMS_GUARD")
     stage.run(lambda args, params: seen.append(params.seed), stage.parser("t"))
     assert seen == ["data/sample", 42]
+
+
+def test_run_records_are_outside_dvcs_view_and_results_are_not():
+    """Wall-clock run records sit beside the metrics files, inside folders that the report stage
+    depends on: DVC must not hash them (a rerun would change dvc.lock), but must hash the results."""
+    from dvc.repo import Repo
+
+    from personal_nlf import provenance
+
+    with Repo(str(ROOT)) as repo:
+        ignored = repo.dvcignore.is_ignored_file
+        for metrics in ("metrics/nlf/iter_1.json", "metrics/rag.json"):
+            assert ignored(str(ROOT / provenance.run_record_path(metrics)))
+            assert not ignored(str(ROOT / metrics))
