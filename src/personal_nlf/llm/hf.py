@@ -212,7 +212,9 @@ class HFBackend(Backend):
 
         prefix = torch.tensor([seqs[idx[0]][:prefix_len]], device=self.device)
         with torch.inference_mode():
-            cache = self.model(input_ids=prefix, use_cache=True).past_key_values
+            # Only the cache is wanted: logits_to_keep=1 spares the lm_head over the whole prefix
+            # (a fifth of a 135M model's work per token; the default 0 keeps every position).
+            cache = self.model(input_ids=prefix, use_cache=True, logits_to_keep=1).past_key_values
         parts = []
         for start in range(0, len(idx), self.role.batch_size):
             sub = idx[start:start + self.role.batch_size]
