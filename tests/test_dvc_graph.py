@@ -193,3 +193,37 @@ def test_run_records_are_outside_dvcs_view_and_results_are_not():
         for metrics in ("metrics/nlf/iter_1.json", "metrics/rag.json"):
             assert ignored(str(ROOT / provenance.run_record_path(metrics)))
             assert not ignored(str(ROOT / metrics))
+
+
+# Stage arguments that name what a stage reads: each must be a dep (or lie inside one), or DVC
+# would not rerun the stage when it changes (e.g. every stage that retrieves reruns when
+# `retrieval.k` rebuilds outputs/index, only because it lists outputs/index).
+INPUT_FLAGS = ("--index", "--prepared", "--models-dir", "--planner-state", "--summaries", "--extra-models-dir",
+               "--transfer")
+
+
+def input_paths(argv: list[str]) -> set[str]:
+    paths = {argv[i + 1] for i, a in enumerate(argv[:-1]) if a in INPUT_FLAGS}
+    # NAME=PATH (transfer's baselines) and NAME=METRICS:JUDGE_SCORES (the report's rows).
+    for i, a in enumerate(argv[:-1]):
+        if a in ("--baseline", "--row"):
+            paths |= set(argv[i + 1].split("=", 1)[1].split(":"))
+    return paths
+
+
+def is_init(argv: list[str]) -> bool:
+    return "--step" in argv and argv[argv.index("--step") + 1] == "init"
+
+
+def test_every_input_a_command_names_is_a_dep(stages):
+    problems = set()
+    for mode, listed in stages.items():
+        for name, argv, deps, _ in listed:
+            if is_init(argv):
+                continue  # a loop's init writes iteration 0's empty state; it reads nothing it is given
+            for path in input_paths(argv):
+                if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps):
+                    problems.add(f"{name} (mode={mode}): reads {path} but does not list it in deps")
+    assert not problems, "\n".join(sorted(problems))
+    # The check sees the inputs of every stage that retrieves.
+    assert sum("--index" in argv for listed in stages.values() for _, argv, _, _ in listed) >= 10

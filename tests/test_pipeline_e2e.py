@@ -133,14 +133,25 @@ def test_rescoring_from_kept_judge_outputs_reproduces_metrics(pipeline):
         assert again["macro"] == saved["macro"] and again["domains"] == saved["domains"]
 
 
-def test_changing_k_reruns_only_what_reads_it(pipeline):
-    out = dvc("exp", "run", "-S", "retrieval.k=3", cwd=pipeline["repo"])
-    ran = ran_stages(out)
-    # Everything that reads the index reruns (the loop's train questions use retrieval too);
-    # base_model, prepare, iter_init and no_pers do not.
-    assert ran == {"index", "train_planner", "baseline_rag", "baseline_rag_random", "baseline_planpers",
-                   "export", "transfer", "report"} | loop_stages("1"), \
-        out.stdout
+def test_changing_k_changes_only_the_stages_that_declare_it(pipeline):
+    """DVC sees a changed `retrieval.k` in the two stages that read it: `index` (which builds the
+    top-k lists) and VAC's evaluate (its context-size figures). Every stage that retrieves lists
+    outputs/index as a dep (tests/test_dvc_graph.py::test_every_input_a_command_names_is_a_dep), so
+    `dvc repro` reruns it when the index changes; a real rerun through changed outputs is
+    test_iterations_are_cached_separately. (A full `dvc exp run -S retrieval.k=3` here took 7 min.)"""
+    repo = pipeline["repo"]
+    saved = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, **{"retrieval.k": 3})
+        out = dvc("status", "--json", cwd=repo)
+    finally:
+        (repo / "params.yaml").write_text(saved)
+    changed = json.loads(out.stdout)
+    assert set(changed) == {"index", "evaluate@1"}, out.stdout
+    for stage_changes in changed.values():  # e.g. [{"changed deps": {"params.yaml": {"retrieval": "modified"}}}]
+        keys = [k for c in stage_changes for k in c.get("changed deps", {}).get("params.yaml", {})]
+        assert keys and all(k.split(".")[0] == "retrieval" for k in keys), changed
+    assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
 
 
 VAC_STEPS = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
