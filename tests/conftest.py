@@ -14,9 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PERSONAL_NLF_PARAMS_GUARD", "1")
 
 
-def copy_worktree(dest: Path) -> Path:
+def copy_worktree(dest: Path, share_dvc_cache: bool = True) -> Path:
     """The repo as a fresh clone would see it (tracked + untracked-not-ignored files), committed
-    in a new git repo: tests of the pipeline run there, never in the developer's checkout."""
+    in a new git repo: tests of the pipeline run there, never in the developer's checkout.
+
+    share_dvc_cache: the copies of one test session share a DVC cache (.dvc/config.local), so a
+    stage that already ran with the same command, deps and params in another copy (base_model:
+    a 43 s GGUF dequantization on a slow 2-core host) is restored from DVC's run cache."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.splitlines()
     for f in files:
@@ -27,6 +31,8 @@ def copy_worktree(dest: Path) -> Path:
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    if share_dvc_cache:  # config.local is git-ignored (.dvc/.gitignore): the copy stays clean
+        (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dest.parent / 'dvc-cache'}\n")
     return dest
 
 
@@ -57,13 +63,14 @@ def dvc(*args, cwd, **kw):
 
 @pytest.fixture(scope="session")
 def embedded_models(tmp_path_factory):
-    """Materialized embedded models, shared by tests that need a model outside the pipeline."""
+    """Materialized embedded models, shared by tests that need a model outside the pipeline: the
+    base_model stage's output, run through DVC in a repo copy, so that the session's pipeline
+    copies restore it from the shared run cache instead of dequantizing the GGUF again."""
     env_dir = os.environ.get("PERSONAL_NLF_TEST_MODELS_DIR")
     if env_dir:
         return Path(env_dir)
-    from personal_nlf import models
-
-    out = tmp_path_factory.mktemp("models")
-    for name in ("smollm2-135m-instruct", "all-minilm-l6-v2"):
-        models.materialize(name, out)
+    repo = copy_worktree(tmp_path_factory.mktemp("models_repo"))
+    dvc("repro", "base_model", cwd=repo)
+    out = repo / "models" / "embedded"
+    assert {"smollm2-135m-instruct", "all-minilm-l6-v2"} <= {p.name for p in out.iterdir()}
     return out

@@ -264,16 +264,21 @@ def _mlflow_runs(repo: Path):
 @pytest.mark.slow
 def test_one_nested_mlflow_run_per_executed_stage(tiny_run):
     repo = tiny_run["repo"]
-    ran = [line.split("'")[1] for line in tiny_run["log"].splitlines() if line.startswith("Running stage")]
-    assert sorted(ran) == sorted(STAGES), tiny_run["log"]  # every stage ran, once (order: DVC's)
+    lines = tiny_run["log"].splitlines()
+    ran = [line.split("'")[1] for line in lines if line.startswith("Running stage")]
+    # base_model may come from DVC's run cache, shared by the test session's repo copies
+    # (conftest.copy_worktree): restored, not executed, so it has no MLflow run.
+    restored = [line.split("'")[1] for line in lines if line.startswith("Stage '") and "is cached - skipping run" in line]
+    assert set(restored) <= {"base_model"} and sorted(ran + restored) == sorted(STAGES), tiny_run["log"]
+    assert len(set(ran)) == len(ran)  # every stage ran (or was restored) once (order: DVC's)
     client, _, runs = _mlflow_runs(repo)
     children = [r for r in runs if "stage" in r.data.tags]
-    assert sorted(r.data.tags["stage"] for r in children) == sorted(STAGES)  # one run each
+    assert sorted(r.data.tags["stage"] for r in children) == sorted(ran)  # one run per executed stage
     parent_ids = {r.data.tags.get("mlflow.parentRunId") for r in children}
     assert len(parent_ids) == 1 and None not in parent_ids
     parent = client.get_run(parent_ids.pop())
     assert parent.data.tags["personal_nlf.pipeline"] == f"workspace@{tiny_run['head'][:12]}"
-    assert len(runs) == len(STAGES) + 1  # the parent and the stages, nothing else
+    assert len(runs) == len(ran) + 1  # the parent and the stages, nothing else
     for r in children:
         stage = r.data.tags["stage"]
         assert r.info.status == "FINISHED", stage
