@@ -23,19 +23,20 @@ The trained policy must beat its start and the shuffled run by a margin. A bug t
 wrong targets, drops the profile from the prompt, trains nothing, or evaluates the base model instead
 of the adapter fails here.
 
-STATUS: this test FAILS with the embedded SmolLM2-135M, so `make test` leaves it out (marker
-`learning`; run it with `make test-learning`). Measured on this 2-core CPU, 2026-12-01 (with the
-test's own derangement of the same kind before it moved to `retrieval.other_user`):
-- these settings (8 users, 24 steps of batch 2, lr 3e-3; 5 min): start 0.375, trained 0.542,
-  shuffled 0.458. Both runs reach a training loss near 0.1, yet greedy decoding gives every user of
-  a question the same form (trained: lists for all 8, shuffled: prose for all 8): the policy learned
-  question -> form, not profile -> form.
+STATUS: at 96 LoRA steps (batch 2, lr 3e-3: 24 epochs over the 8 users) this test PASSES, measured on
+this 2-core CPU on 2026-12-02 (a slow AVX2-only day), each run separately with these settings:
+start 0.375, trained 1.000 (every user's own form; training loss 0.002), shuffled 0.458 (loss 0.006:
+it fits its targets as well, and they are other users' forms). Each training run takes ~22 min
+there, the whole test ~50 min, so `make test` leaves it out (marker `learning`; `make test-learning`).
+Shorter budgets do not separate the runs:
+- 24 steps (5 min): start 0.375, trained 0.542, shuffled 0.458. Both reach a training loss near 0.1,
+  yet greedy decoding gives every user of a question the same form (trained: lists for all 8,
+  shuffled: prose for all 8): the policy learned question -> form, not profile -> form.
 - 24 users of 3 domains, 24 steps of batch 4 at lr 1e-3, scored on 12 held-out users (12 min):
   start 0.403, trained 0.514, shuffled 0.444.
-- 96 steps of batch 2 (24 epochs over the 8 users, lr 3e-3, loss 0.002; 2026-12-02, 27 min on a slower
-  day): trained 1.000 (every user's own form) against start 0.375. The profile -> form mapping is
-  learnable on this slice with 4x the steps; the shuffled control of that length was not run (its
-  27 min did not fit the session), so the settings above stay until it is.
+What the test shows at 96 steps: the pipeline trains on the verifier's choices and evaluates the
+adapter, and the profile in the prompt is what tells the 4 users of a question apart (the users are
+the training users: it measures fitting, not generalization to new users).
 The project notes' probe that did learn the form (4/24 -> 24/24) had 3-line histories in which every
 line implied one of two forms; here 3 of 8 profile items carry a style remark among 4 personas.
 """
@@ -70,8 +71,8 @@ def params() -> Params:
                    "judge": {"model": "embedded:smollm2-135m-instruct", "batch_size": 12}},
         "judge": {"method": "verifier", "fallback_method": "logprob"},
         "baselines": {"bootstrap_samples": 100},
-        "train": {"objective": "sft", "learning_rate": 3e-3, "max_steps": 24, "per_device_batch_size": 2,
-                  "gradient_accumulation_steps": 1, "save_steps": 24, "max_length": 768,
+        "train": {"objective": "sft", "learning_rate": 3e-3, "max_steps": 96, "per_device_batch_size": 2,
+                  "gradient_accumulation_steps": 1, "save_steps": 96, "max_length": 768,
                   "select_on_validation": False},
         "tracking": {"enabled": False},
     })
