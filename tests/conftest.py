@@ -14,13 +14,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("PERSONAL_NLF_PARAMS_GUARD", "1")
 
 
-def copy_worktree(dest: Path, share_dvc_cache: bool = True) -> Path:
+def copy_worktree(dest: Path) -> Path:
     """The repo as a fresh clone would see it (tracked + untracked-not-ignored files), committed
     in a new git repo: tests of the pipeline run there, never in the developer's checkout.
 
-    share_dvc_cache: the copies of one test session share a DVC cache (.dvc/config.local), so a
-    stage that already ran with the same command, deps and params in another copy (base_model:
-    a 43 s GGUF dequantization on a slow 2-core host) is restored from DVC's run cache."""
+    The copies of one test session share a DVC cache (.dvc/config.local), so a stage that already
+    ran with the same command, deps and params in another copy (base_model: a 43 s GGUF
+    dequantization on a slow 2-core host) is restored from DVC's run cache."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.splitlines()
     for f in files:
@@ -31,8 +31,8 @@ def copy_worktree(dest: Path, share_dvc_cache: bool = True) -> Path:
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
-    if share_dvc_cache:  # config.local is git-ignored (.dvc/.gitignore): the copy stays clean
-        (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dest.parent / 'dvc-cache'}\n")
+    # config.local is git-ignored (.dvc/.gitignore): the copy stays clean.
+    (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dest.parent / 'dvc-cache'}\n")
     return dest
 
 

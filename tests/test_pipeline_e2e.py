@@ -134,25 +134,32 @@ def test_rescoring_from_kept_judge_outputs_reproduces_metrics(pipeline):
         assert again["macro"] == saved["macro"] and again["domains"] == saved["domains"]
 
 
+def status_with_params(repo: Path, **updates) -> dict[str, list[str]]:
+    """DVC's view of `updates` to params.yaml, without running anything: {stage: the params keys
+    that changed for it}. Only params may have changed; params.yaml is restored afterwards."""
+    saved = (repo / "params.yaml").read_text()
+    try:
+        set_params(repo, **updates)
+        changed = json.loads(dvc("status", "--json", cwd=repo).stdout)
+    finally:
+        (repo / "params.yaml").write_text(saved)
+    assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
+    # e.g. {"index": [{"changed deps": {"params.yaml": {"retrieval": "modified"}}}]}
+    assert all(set(c) == {"changed deps"} and set(c["changed deps"]) == {"params.yaml"}
+               for stage_changes in changed.values() for c in stage_changes), changed
+    return {stage: [k for c in stage_changes for k in c["changed deps"]["params.yaml"]]
+            for stage, stage_changes in changed.items()}
+
+
 def test_changing_k_changes_only_the_stages_that_declare_it(pipeline):
     """DVC sees a changed `retrieval.k` in the two stages that read it: `index` (which builds the
     top-k lists) and VAC's evaluate (its context-size figures). Every stage that retrieves lists
     outputs/index as a dep (tests/test_dvc_graph.py::test_every_input_a_command_names_is_a_dep), so
     `dvc repro` reruns it when the index changes; a real rerun through changed outputs is
     test_trained_planner_option. (A full `dvc exp run -S retrieval.k=3` here took 7 min.)"""
-    repo = pipeline["repo"]
-    saved = (repo / "params.yaml").read_text()
-    try:
-        set_params(repo, **{"retrieval.k": 3})
-        out = dvc("status", "--json", cwd=repo)
-    finally:
-        (repo / "params.yaml").write_text(saved)
-    changed = json.loads(out.stdout)
-    assert set(changed) == {"index", "evaluate@1"}, out.stdout
-    for stage_changes in changed.values():  # e.g. [{"changed deps": {"params.yaml": {"retrieval": "modified"}}}]
-        keys = [k for c in stage_changes for k in c.get("changed deps", {}).get("params.yaml", {})]
-        assert keys and all(k.split(".")[0] == "retrieval" for k in keys), changed
-    assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
+    changed = status_with_params(pipeline["repo"], **{"retrieval.k": 3})
+    assert set(changed) == {"index", "evaluate@1"}, changed
+    assert all(keys and all(k.split(".")[0] == "retrieval" for k in keys) for keys in changed.values()), changed
 
 
 VAC_STEPS = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
@@ -180,20 +187,11 @@ def test_iterations_are_cached_separately(pipeline):
     assert json.loads((repo / "outputs/offline_rl/iter_2/train_policy/train_stats.json").read_text())["steps"] == 1
     report = json.loads((repo / "metrics/report.json").read_text())
     assert {"nlf@1", "nlf@2", "offline_rl@1", "offline_rl@2"} <= {r["method"] for r in report["table"]}
-    saved = (repo / "params.yaml").read_text()
-    try:
-        set_params(repo, **{"nlf.iterations": {"1": {"prev": "0"}, "2": {"prev": "1", "max_steps": 1,
-                                                                        "learning_rate": 0.0001}}})
-        changed = json.loads(dvc("status", "--json", cwd=repo).stdout)
-    finally:
-        (repo / "params.yaml").write_text(saved)
+    changed = status_with_params(repo, **{"nlf.iterations": {"1": {"prev": "0"}, "2": {
+        "prev": "1", "max_steps": 1, "learning_rate": 0.0001}}})
     assert set(changed) == loop_stages("2", vac=("train_feedback", "train_policy"), offline_rl=("train_policy",)) | {
         "export", "report"}, changed
-    for stage_changes in changed.values():  # only params, and only nlf.iterations
-        assert all(set(c) == {"changed deps"} and set(c["changed deps"]) == {"params.yaml"} for c in stage_changes), changed
-        keys = [k for c in stage_changes for k in c["changed deps"]["params.yaml"]]
-        assert keys and all(k.startswith("nlf.iterations") for k in keys), changed
-    assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
+    assert all(keys and all(k.startswith("nlf.iterations") for k in keys) for keys in changed.values()), changed
 
 
 def test_trained_planner_option(pipeline):
