@@ -10,7 +10,8 @@ Each generated block in README.md sits between two markers naming its generator:
     python scripts/readme_results.py --check    # exit 1 if a block differs (tests/test_readme.py)
     python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
 
-Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage), metrics/*.run.json and metrics/**/iter_*.run.json
+Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage),
+results/persona/ (scripts/persona_results.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
 """
@@ -153,8 +154,52 @@ def judge_benchmark(root: Path) -> str:
             f"`{head.get('Command')}`):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
 
 
+def controlled(root: Path, run: str) -> str:
+    """A controlled-persona benchmark run kept in results/<run>/ (scripts/persona_results.py): the
+    same results table and paired tests as the default's, then the pairwise preference accuracy."""
+    sys.path.insert(0, str(root / "src"))
+    from personal_nlf.report import pairwise_markdown
+
+    res = root / "results" / run
+    info = json.loads((res / "run.json").read_text())
+    rep = json.loads((res / "metrics/report.json").read_text())
+    pairwise = pairwise_markdown(rep)
+    pairwise = pairwise[pairwise.index("Share of"):] if pairwise else ""  # without the report's heading
+    stages = json.loads((res / "metrics/stage_times.json").read_text())["seconds"]
+    signal = training_signal(res)
+    return (f"From `results/{run}/` ({info['date']}, git {info['git_revision'][:7]}, {info['machine']}; "
+            f"`{info['command']}`: {info['wall_minutes']} min wall, {len(stages)} stages run, "
+            f"{sum(stages.values()) / 60:.1f} min of stage time; per stage: `results/{run}/metrics/stage_times.json`):\n\n" + results(res) + ("\n" + pairwise if pairwise else "")
+            + ("\nWhat each loop iteration trained on:\n\n" + signal if signal else ""))
+
+
+# modes/nlf.py's reasons for not training the policy on a revision (targets.json keys).
+DROPPED = {"dropped_revision_raw": "not in the JSON answer format the prompt asks for (unparseable)",
+           "dropped_revision_same_as_initial": "identical to the initial answer (DPO)"}
+
+
+def training_signal(res: Path) -> str:
+    """Per loop iteration, what its policy was trained on: VAC's kept revisions (targets.json) and
+    offline RL's best-of-N samples against the mean sample (selection.jsonl, judge scores)."""
+    lines = []
+    for path in sorted(res.glob("outputs/nlf/iter_*/train_policy/targets.json")):
+        t = path.parts[-3].removeprefix("iter_")
+        c = json.loads(path.read_text())
+        dropped = ", ".join(f"{v} {DROPPED.get(k, k)}" for k, v in c.items() if k != "targets")
+        lines.append(f"- nlf@{t}: {c['targets']} revision(s) kept as policy targets" + (f"; dropped: {dropped}" if dropped else ""))
+    for path in sorted(res.glob("outputs/offline_rl/iter_*/judge/selection.jsonl")):
+        t = path.parts[-3].removeprefix("iter_")
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        best, mean = (sum(r[k] for r in rows) / len(rows) for k in ("best_score", "mean_score"))
+        lines.append(f"- offline_rl@{t}: {len(rows)} targets, the judge's best of the N samples per record: mean score "
+                     f"{best:.3f} (the samples' mean: {mean:.3f}; all N tied on {sum(r['all_equal'] for r in rows)})")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
 GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks, "plan": plan,
-              "judge_benchmark": judge_benchmark}
+              "judge_benchmark": judge_benchmark,
+              "persona": lambda root: controlled(root, "persona"),
+              "persona-summary": lambda root: controlled(root, "persona-summary")}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
