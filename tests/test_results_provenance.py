@@ -45,6 +45,29 @@ def test_committed_results_were_produced_by_this_code(folder):
                        "`python scripts/persona_results.py run <run>` for results/<run>/")
 
 
+def judge_scores_of(metrics_path: Path) -> Path:
+    """The kept per-aspect judge rows a metrics file was computed from (the report stage's pairing)."""
+    run_root = metrics_path.parents[1] if metrics_path.parent.name == "metrics" else metrics_path.parents[2]
+    rel = metrics_path.relative_to(run_root / "metrics")
+    if len(rel.parts) == 1:  # a baseline: metrics/<method>.json
+        return run_root / "outputs/baselines" / rel.stem / "judge_scores.jsonl"
+    return run_root / "outputs" / rel.parts[0] / rel.stem / "evaluate/judge_scores.jsonl"  # metrics/<loop>/iter_<t>.json
+
+
+@pytest.mark.parametrize("run", RUNS)
+def test_every_committed_controlled_benchmark_score_is_recomputed_from_its_kept_judge_rows(run, capsys):
+    """`personal-nlf rescore` on each kept judge_scores.jsonl reproduces its metrics file exactly
+    (per domain, macro, CIs): the table in the README is what the per-question outputs say."""
+    from personal_nlf import cli
+
+    files = metrics_files(ROOT / "results" / run / "metrics")
+    for m in files:
+        with pytest.raises(SystemExit) as e:
+            cli.main(["rescore", str(judge_scores_of(m)), "--metrics", str(m)])
+        out = capsys.readouterr()
+        assert e.value.code == 0, f"{m.relative_to(ROOT)}: {(out.err or out.out)[-500:]}"
+
+
 def apply_sets(params: dict, sets: list[str]) -> dict:
     out = json.loads(json.dumps(params))
     for s in sets:
