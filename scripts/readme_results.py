@@ -179,8 +179,9 @@ DROPPED = {"dropped_revision_raw": "not in the JSON answer format the prompt ask
 
 
 def training_signal(res: Path) -> str:
-    """Per loop iteration, what its policy was trained on: VAC's kept revisions (targets.json) and
-    offline RL's best-of-N samples against the mean sample (selection.jsonl, judge scores)."""
+    """Per loop iteration, what it was trained on: VAC's kept revisions (targets.json), offline RL's
+    best-of-N samples against the mean sample (selection.jsonl, judge scores), and the summarizer's
+    GRPO rewards (reward_curve.json)."""
     lines = []
     for path in sorted(res.glob("outputs/nlf/iter_*/train_policy/targets.json")):
         t = path.parts[-3].removeprefix("iter_")
@@ -193,6 +194,12 @@ def training_signal(res: Path) -> str:
         best, mean = (sum(r[k] for r in rows) / len(rows) for k in ("best_score", "mean_score"))
         lines.append(f"- offline_rl@{t}: {len(rows)} targets, the judge's best of the N samples per record: mean score "
                      f"{best:.3f} (the samples' mean: {mean:.3f}; all N tied on {sum(r['all_equal'] for r in rows)})")
+    for path in sorted(res.glob("outputs/summary/iter_*/train_feedback/reward_curve.json")):
+        t = path.parts[-3].removeprefix("iter_")
+        c = json.loads(path.read_text())
+        r = [x["reward"] for x in c["calls"]]
+        lines.append(f"- summary@{t}: {len(r)} GRPO reward calls (`{c['reward']}`, {c['counts']['summaries']} sampled "
+                     f"summaries), mean reward {r[0]:.3f} at the first and {r[-1]:.3f} at the last")
     return "\n".join(lines) + "\n" if lines else ""
 
 
