@@ -9,7 +9,7 @@
 numbers into results/<run>/: the run's metrics/ (report, per-method metrics, run records), its
 params.yaml and dvc.lock, the per-question generations and judge scores of every evaluated method
 (so `personal-nlf rescore` can recompute them), the VAC loop's target counts, the stage times from
-its logs, and run.json (date, machine, git revision, command, wall time). The README's
+its logs (with date, machine and wall time), and run.json (git revision, command). The README's
 "Controlled benchmark" block is generated from those files (scripts/readme_results.py).
 
 The experiment is the embedded default with the data switched to data/persona and its scoring to
@@ -37,7 +37,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from readme_results import stage_times_from_logs  # noqa: E402
+from readme_results import stage_times_record  # noqa: E402
 
 SETS = ["data.source=data/persona", "judge.method=verifier", "models.policy.max_new_tokens=96",
         "data.max_records_per_split=16", "train.select_on_validation=false"]
@@ -78,12 +78,10 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str) -> None:
             dst = dest / src.relative_to(clone)
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dst)
-    (dest / "metrics/stage_times.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "machine": machine, "wall_minutes": wall_minutes,
-         "seconds": stage_times_from_logs(clone)}, indent=2) + "\n")
-    (dest / "run.json").write_text(json.dumps(
-        {"date": time.strftime("%Y-%m-%d"), "machine": machine, "git_revision": rev, "command": command(run),
-         "wall_minutes": wall_minutes}, indent=2) + "\n")
+    # Date, machine and wall time live in stage_times.json; run.json adds what produced the run.
+    (dest / "metrics/stage_times.json").write_text(
+        json.dumps(stage_times_record(clone, machine, wall_minutes), indent=2) + "\n")
+    (dest / "run.json").write_text(json.dumps({"git_revision": rev, "command": command(run)}, indent=2) + "\n")
     print(f"wrote {dest.relative_to(ROOT)} from {clone} (git {rev[:12]})")
 
 

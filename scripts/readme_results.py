@@ -11,7 +11,7 @@ Each generated block in README.md sits between two markers naming its generator:
     python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
 
 Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage),
-results/persona/ (scripts/persona_results.py), metrics/*.run.json and metrics/**/iter_*.run.json
+results/<run>/ (scripts/persona_results.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
 """
@@ -81,6 +81,15 @@ def stage_times_from_logs(root: Path) -> dict[str, float]:
         if last is not None:
             out[log.stem] = last
     return out
+
+
+def stage_times_record(root: Path, machine: str, wall_minutes: float | None) -> dict:
+    """metrics/stage_times.json of a finished run in `root`: today's date, the machine, the measured
+    wall time and each stage's seconds from its logs."""
+    import time
+
+    return {"date": time.strftime("%Y-%m-%d"), "machine": machine, "wall_minutes": wall_minutes,
+            "seconds": stage_times_from_logs(root)}
 
 
 def timings(root: Path) -> str:
@@ -162,14 +171,15 @@ def controlled(root: Path, run: str) -> str:
 
     res = root / "results" / run
     info = json.loads((res / "run.json").read_text())
-    rep = json.loads((res / "metrics/report.json").read_text())
-    pairwise = pairwise_markdown(rep)
+    times = json.loads((res / "metrics/stage_times.json").read_text())
+    pairwise = pairwise_markdown(json.loads((res / "metrics/report.json").read_text()))
     pairwise = pairwise[pairwise.index("Share of"):] if pairwise else ""  # without the report's heading
-    stages = json.loads((res / "metrics/stage_times.json").read_text())["seconds"]
     signal = training_signal(res)
-    return (f"From `results/{run}/` ({info['date']}, git {info['git_revision'][:7]}, {info['machine']}; "
-            f"`{info['command']}`: {info['wall_minutes']} min wall, {len(stages)} stages run, "
-            f"{sum(stages.values()) / 60:.1f} min of stage time; per stage: `results/{run}/metrics/stage_times.json`):\n\n" + results(res) + ("\n" + pairwise if pairwise else "")
+    head = (f"From `results/{run}/` ({times['date']}, git {info['git_revision'][:7]}, {times['machine']}; "
+            f"`{info['command']}`: {times['wall_minutes']} min wall, {len(times['seconds'])} stages run, "
+            f"{sum(times['seconds'].values()) / 60:.1f} min of stage time; per stage: "
+            f"`results/{run}/metrics/stage_times.json`):\n\n")
+    return (head + results(res) + ("\n" + pairwise if pairwise else "")
             + ("\nWhat each loop iteration trained on:\n\n" + signal if signal else ""))
 
 
@@ -228,11 +238,8 @@ def main(argv=None) -> int:
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     if args.stage_times:
-        import time
-
-        (ROOT / "metrics/stage_times.json").write_text(json.dumps(
-            {"date": time.strftime("%Y-%m-%d"), "machine": args.machine, "wall_minutes": args.wall_minutes,
-             "seconds": stage_times_from_logs(ROOT)}, indent=2) + "\n")
+        (ROOT / "metrics/stage_times.json").write_text(
+            json.dumps(stage_times_record(ROOT, args.machine, args.wall_minutes), indent=2) + "\n")
     path = ROOT / "README.md"
     old = path.read_text()
     new = render(old)

@@ -7,12 +7,14 @@ The controlled-benchmark run's params must be today's params.yaml with exactly i
 
 import importlib.util
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import set_params
 from personal_nlf import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +25,8 @@ spec.loader.exec_module(persona_results)
 
 def metrics_files(folder: Path) -> list[Path]:
     """Metrics files that carry provenance (run records, plots and the report carry none)."""
-    return [p for p in sorted(folder.rglob("*.json"))
-            if "provenance" in (json.loads(p.read_text()) if p.read_text().lstrip().startswith("{") else {})]
+    loaded = {p: json.loads(p.read_text()) for p in sorted(folder.rglob("*.json"))}
+    return [p for p, obj in loaded.items() if isinstance(obj, dict) and "provenance" in obj]
 
 
 RUNS = sorted(r for r in persona_results.RUNS if (ROOT / "results" / r).exists())
@@ -45,9 +47,8 @@ def test_committed_results_were_produced_by_this_code(folder):
                        "`python scripts/persona_results.py run <run>` for results/<run>/")
 
 
-def judge_scores_of(metrics_path: Path) -> Path:
-    """The kept per-aspect judge rows a metrics file was computed from (the report stage's pairing)."""
-    run_root = metrics_path.parents[1] if metrics_path.parent.name == "metrics" else metrics_path.parents[2]
+def judge_scores_of(run_root: Path, metrics_path: Path) -> Path:
+    """The kept per-aspect judge rows a metrics file was computed from (stages/report.py's pairing)."""
     rel = metrics_path.relative_to(run_root / "metrics")
     if len(rel.parts) == 1:  # a baseline: metrics/<method>.json
         return run_root / "outputs/baselines" / rel.stem / "judge_scores.jsonl"
@@ -60,39 +61,21 @@ def test_every_committed_controlled_benchmark_score_is_recomputed_from_its_kept_
     (per domain, macro, CIs): the table in the README is what the per-question outputs say."""
     from personal_nlf import cli
 
-    files = metrics_files(ROOT / "results" / run / "metrics")
-    for m in files:
+    run_root = ROOT / "results" / run
+    for m in metrics_files(run_root / "metrics"):
         with pytest.raises(SystemExit) as e:
-            cli.main(["rescore", str(judge_scores_of(m)), "--metrics", str(m)])
+            cli.main(["rescore", str(judge_scores_of(run_root, m)), "--metrics", str(m)])
         out = capsys.readouterr()
         assert e.value.code == 0, f"{m.relative_to(ROOT)}: {(out.err or out.out)[-500:]}"
 
 
-def apply_sets(params: dict, sets: list[str]) -> dict:
-    out = json.loads(json.dumps(params))
-    for s in sets:
-        key, value = s.split("=", 1)
-        *parents, leaf = key.split(".")
-        node = out
-        for k in parents:
-            node = node[k]
-        assert leaf in node, f"{key}: not a key of params.yaml"
-        node[leaf] = yaml.safe_load(value)
-    return out
-
-
 @pytest.mark.parametrize("run", RUNS)
-def test_controlled_benchmark_runs_used_todays_params_with_their_overrides(run):
+def test_controlled_benchmark_runs_used_todays_params_with_their_overrides(run, tmp_path):
+    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    set_params(tmp_path, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in persona_results.RUNS[run])})
     used = yaml.safe_load((ROOT / "results" / run / "params.yaml").read_text())
-    expected = apply_sets(yaml.safe_load((ROOT / "params.yaml").read_text()), persona_results.RUNS[run])
-    assert used == expected
+    assert used == yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert json.loads((ROOT / "results" / run / "run.json").read_text())["command"] == persona_results.command(run)
-
-
-def test_apply_sets_refuses_an_unknown_key():
-    with pytest.raises(AssertionError, match="data.nope"):
-        apply_sets({"data": {"source": "x"}}, ["data.nope=1"])
-    assert apply_sets({"data": {"source": "x"}}, ["data.source=data/persona"]) == {"data": {"source": "data/persona"}}
 
 
 def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypatch):
@@ -119,8 +102,8 @@ def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypat
                     "outputs/baselines/rag/generations.jsonl", "outputs/summary/iter_1/evaluate/summaries.jsonl",
                     "params.yaml", "dvc.lock", "run.json"}
     assert json.loads((out / "metrics/stage_times.json").read_text())["seconds"] == {"baseline_rag": 3.5}
-    run = json.loads((out / "run.json").read_text())
-    assert run["wall_minutes"] == 12.5 and "-S mode=summary -S summary.reward=popi" in run["command"]
+    assert json.loads((out / "metrics/stage_times.json").read_text())["wall_minutes"] == 12.5
+    assert "-S mode=summary -S summary.reward=popi" in json.loads((out / "run.json").read_text())["command"]
 
     persona_results.collect("persona", clone, 1.0, "test machine")
     kept = {str(p.relative_to(tmp_path / "repo/results/persona")) for p in (tmp_path / "repo/results/persona").rglob("*")}
