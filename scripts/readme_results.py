@@ -2,16 +2,16 @@
 
 Each generated block in README.md sits between two markers naming its generator:
 
-    <!-- generated:results -->
+    <!-- generated:persona -->
     ...
-    <!-- /generated:results -->
+    <!-- /generated:persona -->
 
     python scripts/readme_results.py            # rewrite every block from the committed files
     python scripts/readme_results.py --check    # exit 1 if a block differs (tests/test_readme.py)
     python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
 
 Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage),
-results/<run>/ (scripts/persona_results.py), metrics/*.run.json and metrics/**/iter_*.run.json
+results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
 """
@@ -106,8 +106,8 @@ def timings(root: Path) -> str:
         lines.append(f"| {name} | {_f(s, 2)} |")
     total = sum(stages["seconds"].values())
     lines += ["", f"Stages of that run ({stages['date']}, {stages['machine']}): {len(stages['seconds'])} stages, "
-              f"{total / 60:.1f} min of stage time in all (the sum of the stages' own durations; "
-              f"wall time of the whole `make repro` on a fresh clone, setup included: {stages['wall_minutes']} min).", "",
+              f"{total / 60:.1f} min of stage time in all (the sum of the stages' own durations); "
+              f"wall time of the run: {stages['wall_minutes']} min.", "",
               "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in sorted(stages["seconds"].items(), key=lambda kv: -kv[1])]
     return "\n".join(lines) + "\n"
@@ -164,8 +164,9 @@ def judge_benchmark(root: Path) -> str:
 
 
 def controlled(root: Path, run: str) -> str:
-    """A controlled-persona benchmark run kept in results/<run>/ (scripts/persona_results.py): the
-    same results table and paired tests as the default's, then the pairwise preference accuracy."""
+    """A run kept in results/<run>/ (scripts/results_runs.py): the report's results table and paired
+    tests, the pairwise preference accuracy (data with preference pairs), what each loop iteration
+    trained on."""
     sys.path.insert(0, str(root / "src"))
     from personal_nlf.report import pairwise_markdown
 
@@ -213,10 +214,10 @@ def training_signal(res: Path) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-GENERATORS = {"results": results, "timings": timings, "benchmarks": benchmarks, "plan": plan,
+GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark,
-              "persona": lambda root: controlled(root, "persona"),
-              "persona-summary": lambda root: controlled(root, "persona-summary")}
+              **{run: (lambda root, run=run: controlled(root, run))
+                 for run in ("persona", "persona-summary", "lamp-qa-sample")}}
 
 
 def render(readme: str, root: Path = ROOT) -> str:
@@ -234,7 +235,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-times", action="store_true",
                     help="write metrics/stage_times.json from logs/ (after a full `dvc repro`)")
     ap.add_argument("--wall-minutes", type=float, default=None,
-                    help="with --stage-times: measured wall time of `make repro` on a fresh clone, setup included")
+                    help="with --stage-times: measured wall time of the run (say in the README what it covers)")
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     if args.stage_times:

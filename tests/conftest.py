@@ -36,6 +36,27 @@ def copy_worktree(dest: Path) -> Path:
     return dest
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _lamp_qa_sample() -> dict:
+    """scripts/results_runs.py's `-S` overrides of the committed LaMP-QA sample run, as set_params
+    keys: the default is data/persona; the pipeline tests run the LaMP-QA-format sample (data/sample)
+    with the settings it runs with there (the logprob judge: no aspect of the sample has a machine
+    check; 64 new tokens; checkpoint selection on validation, which the tests check)."""
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in load_script("results_runs").RUNS["lamp-qa-sample"])}
+
+
+LAMP_QA_SAMPLE = _lamp_qa_sample()
+
+
 def set_params(repo: Path, **updates):
     """Update params.yaml keys given as dotted paths (a_b stays a_b; use dict for nesting)."""
     p = repo / "params.yaml"

@@ -178,7 +178,7 @@ def test_stage_run_applies_the_guard_when_asked(monkeypatch, tmp_path):
         stage.run(lambda args, params: params.seed, stage.parser("t"))
     monkeypatch.delenv("PERSONAL_NLF_PARAMS_GUARD")
     stage.run(lambda args, params: seen.append(params.seed), stage.parser("t"))
-    assert seen == ["data/sample", 42]
+    assert seen == ["data/persona", 42]
 
 
 def test_run_records_are_outside_dvcs_view_and_results_are_not():

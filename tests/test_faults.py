@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import set_params
 from personal_nlf import data, io, training
 
 REPO = Path(__file__).resolve().parent.parent
@@ -261,8 +262,8 @@ def test_prepare_stage_rejects_bad_input_and_leaves_no_prepared_output(tmp_path)
         f.unlink()
     bad.write_text(json.dumps(rows))
     params = tmp_path / "params.yaml"
-    params.write_text((REPO / "params.yaml").read_text().replace("source: data/sample", f"source: {src}")
-                      .replace("enabled: true", "enabled: false"))
+    shutil.copy(REPO / "params.yaml", params)
+    set_params(tmp_path, **{"data.source": str(src), "tracking.enabled": False})
     out = tmp_path / "prepared"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PERSONAL_NLF_QUIET": "1",
            "PERSONAL_NLF_LOG_DIR": str(tmp_path / "logs")}

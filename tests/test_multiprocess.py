@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO, copy_worktree, dvc, run, set_params
+from conftest import LAMP_QA_SAMPLE, REPO, copy_worktree, dvc, run, set_params
 from test_reference import tiny  # noqa: F401  (fixture: a tiny random Llama with a byte-level tokenizer)
 
 from personal_nlf import launch, training
@@ -172,7 +172,7 @@ def two_process_repo(tmp_path_factory):
     """train_planner through `dvc repro` with train.processes 2 on a one-domain slice: the cheapest
     training stage (base_model, prepare, index upstream; the loop's upstream takes ~10 min here)."""
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
-    set_params(repo, **{"data.domains": ["Art_and_Entertainment"], "data.max_records_per_split": 2,
+    set_params(repo, **{**LAMP_QA_SAMPLE, "data.domains": ["Art_and_Entertainment"], "data.max_records_per_split": 2,
                         "planner_sft.enabled": True, "train.max_steps": 2, "train.save_steps": 1,
                         "train.per_device_batch_size": 1, "train.max_length": 512, "train.processes": 2,
                         "train.accelerate_config": "configs/accelerate/ddp.yaml"})

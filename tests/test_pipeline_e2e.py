@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_worktree, dvc, run, set_params
+from conftest import LAMP_QA_SAMPLE, copy_worktree, dvc, run, set_params
 from leakcheck import assert_training_prompts_hold_no_signal
 from personal_nlf.io import read_jsonl
 
@@ -27,7 +27,7 @@ def pipeline(tmp_path_factory):
     # 2 LoRA steps with a checkpoint each (so validation selection has two to choose from).
     # MLflow off: it costs each of the ~45 stage runs here ~3 s (slow 2-core host); tracking is
     # tested on its own pipeline (test_tracking.py) and under accelerate (test_multiprocess.py).
-    set_params(repo, **{"tracking.enabled": False, "data.max_records_per_split": 2, "models.policy.max_new_tokens": 12,
+    set_params(repo, **{**LAMP_QA_SAMPLE, "tracking.enabled": False, "data.max_records_per_split": 2, "models.policy.max_new_tokens": 12,
                         "models.planner.max_new_tokens": 12, "models.feedback.max_new_tokens": 12,
                         "baselines.bootstrap_samples": 200, "nlf.iterations": {"1": {"prev": "0"}},
                         "nlf.n_feedback": 2, "nlf.max_train_records_per_domain": 1, "train.max_steps": 2,

@@ -1,11 +1,11 @@
 """Committed results come from the committed code and params.
 
-Every metrics file of the default run (`metrics/`, `make repro`) and of the controlled-benchmark run
-(`results/persona*/`, scripts/persona_results.py) records the content hash of the package source
-that produced it. It must be HEAD's: a change to src/ without regenerating the results fails here.
-The controlled-benchmark run's params must be today's params.yaml with exactly its `-S` overrides."""
+Every metrics file of the default run (`metrics/`, `make repro`) and of the committed runs
+(`results/<run>/`, scripts/results_runs.py) records the content hash of the package source that
+produced it. It must be HEAD's: a change to src/ without regenerating the results fails here.
+Each run's params must be today's params.yaml with exactly its `-S` overrides; the default's run
+(`results/persona/`) is the one whose metrics/ and dvc.lock are committed at the top level."""
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,13 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import set_params
+from conftest import load_script, set_params
 from personal_nlf import provenance
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("persona_results", ROOT / "scripts/persona_results.py")
-persona_results = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(persona_results)
+results_runs = load_script("results_runs")
 
 
 def metrics_files(folder: Path) -> list[Path]:
@@ -29,11 +27,19 @@ def metrics_files(folder: Path) -> list[Path]:
     return [p for p, obj in loaded.items() if isinstance(obj, dict) and "provenance" in obj]
 
 
-RUNS = sorted(r for r in persona_results.RUNS if (ROOT / "results" / r).exists())
+RUNS = sorted(r for r in results_runs.RUNS if (ROOT / "results" / r).exists())
 
 
-def test_the_controlled_benchmark_run_is_committed():
-    assert "persona" in RUNS
+def test_the_default_run_is_committed_with_its_per_question_files():
+    """results/persona/ is `make repro`'s run (no overrides): its metrics/ and dvc.lock are the
+    top-level ones, byte for byte; the folder adds the per-question files DVC keeps in its cache."""
+    assert set(RUNS) == set(results_runs.RUNS) and results_runs.RUNS["persona"] == []
+    run = ROOT / "results/persona"
+    files = sorted(p.relative_to(run / "metrics") for p in (run / "metrics").rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(ROOT / "metrics") for p in (ROOT / "metrics").rglob("*") if p.is_file())
+    differ = [str(f) for f in files if (run / "metrics" / f).read_bytes() != (ROOT / "metrics" / f).read_bytes()]
+    assert not differ, f"metrics/ and results/persona/metrics/ differ in {differ}"
+    assert (run / "dvc.lock").read_bytes() == (ROOT / "dvc.lock").read_bytes()
 
 
 @pytest.mark.parametrize("folder", ["metrics"] + [f"results/{r}/metrics" for r in RUNS])
@@ -44,7 +50,8 @@ def test_committed_results_were_produced_by_this_code(folder):
     stale = {k: v for k, v in stale.items() if v != provenance.code_hash()}
     assert not stale, (f"results produced by other code than src/ now holds ({provenance.code_hash()}): {stale}; "
                        "regenerate them: `make repro` on a fresh clone for metrics/ (README, 'Results on the embedded default'), "
-                       "`python scripts/persona_results.py run <run>` for results/<run>/")
+                       "`python scripts/results_runs.py run <run>` for results/<run>/ (persona: copy its metrics/ and dvc.lock "
+                       "to the top level)")
 
 
 def judge_scores_of(run_root: Path, metrics_path: Path) -> Path:
@@ -56,7 +63,7 @@ def judge_scores_of(run_root: Path, metrics_path: Path) -> Path:
 
 
 @pytest.mark.parametrize("run", RUNS)
-def test_every_committed_controlled_benchmark_score_is_recomputed_from_its_kept_judge_rows(run, capsys):
+def test_every_committed_score_is_recomputed_from_its_kept_judge_rows(run, capsys):
     """`personal-nlf rescore` on each kept judge_scores.jsonl reproduces its metrics file exactly
     (per domain, macro, CIs): the table in the README is what the per-question outputs say."""
     from personal_nlf import cli
@@ -70,12 +77,15 @@ def test_every_committed_controlled_benchmark_score_is_recomputed_from_its_kept_
 
 
 @pytest.mark.parametrize("run", RUNS)
-def test_controlled_benchmark_runs_used_todays_params_with_their_overrides(run, tmp_path):
+def test_committed_runs_used_todays_params_with_their_overrides(run, tmp_path):
+    """The run.json command is the one that ran (history); the params it ran with must be today's
+    params.yaml plus the run's overrides."""
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
-    set_params(tmp_path, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in persona_results.RUNS[run])})
+    set_params(tmp_path, **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in results_runs.RUNS[run])})
     used = yaml.safe_load((ROOT / "results" / run / "params.yaml").read_text())
     assert used == yaml.safe_load((tmp_path / "params.yaml").read_text())
-    assert json.loads((ROOT / "results" / run / "run.json").read_text())["command"] == persona_results.command(run)
+    info = json.loads((ROOT / "results" / run / "run.json").read_text())
+    assert info["command"].startswith(("dvc exp run", "make repro")) and len(info["git_revision"]) == 40
 
 
 def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypatch):
@@ -93,9 +103,9 @@ def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypat
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(git + cmd, cwd=clone, check=True)
-    monkeypatch.setattr(persona_results, "ROOT", tmp_path / "repo")
+    monkeypatch.setattr(results_runs, "ROOT", tmp_path / "repo")
 
-    persona_results.collect("persona-summary", clone, 12.5, "test machine")
+    results_runs.collect("persona-summary", clone, 12.5, "test machine")
     out = tmp_path / "repo/results/persona-summary"
     kept = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
     assert kept == {"metrics/no_pers.json", "metrics/summary/iter_1.json", "metrics/stage_times.json",
@@ -105,7 +115,7 @@ def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypat
     assert json.loads((out / "metrics/stage_times.json").read_text())["wall_minutes"] == 12.5
     assert "-S mode=summary -S summary.reward=popi" in json.loads((out / "run.json").read_text())["command"]
 
-    persona_results.collect("persona", clone, 1.0, "test machine")
+    results_runs.collect("persona", clone, 1.0, "test machine")
     kept = {str(p.relative_to(tmp_path / "repo/results/persona")) for p in (tmp_path / "repo/results/persona").rglob("*")}
     assert "metrics/nlf/iter_1.json" in kept and "outputs/nlf/iter_1/evaluate/judge_scores.jsonl" in kept
     assert not any("summary" in k for k in kept)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, copy_worktree, dvc, run, set_params
+from conftest import LAMP_QA_SAMPLE, REPO, copy_worktree, dvc, run, set_params
 from personal_nlf import cli, metrics
 
 SECRET = "sk-test-SECRET-123"
@@ -226,7 +226,7 @@ def tiny_run(tmp_path_factory):
     import time
 
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
-    set_params(repo, **{"data.max_records_per_split": 1, "data.domains": DOMAINS,
+    set_params(repo, **{**LAMP_QA_SAMPLE, "data.max_records_per_split": 1, "data.domains": DOMAINS,
                         "models.policy.max_new_tokens": 8, "models.planner.max_new_tokens": 8})
     run(["git", "commit", "-qam", "tiny slice"], cwd=repo)
     t0 = time.time()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_worktree, run, set_params
+from conftest import LAMP_QA_SAMPLE, copy_worktree, run, set_params
 from personal_nlf.io import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm_pipeline]
@@ -33,7 +33,7 @@ def vllm_pipeline(tmp_path_factory):
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
     vllm_role = {"backend": "vllm", "max_model_len": 1024, "max_input_tokens": 768}
     updates = {f"models.{r}.{k}": v for r in ROLES for k, v in vllm_role.items()}
-    updates.update({"data.max_records_per_split": 2, "models.policy.max_new_tokens": 8,
+    updates.update({**LAMP_QA_SAMPLE, "data.max_records_per_split": 2, "models.policy.max_new_tokens": 8,
                     "models.planner.max_new_tokens": 8, "models.feedback.max_new_tokens": 8,
                     "baselines.bootstrap_samples": 100, "nlf.iterations": {"1": {"prev": "0"}},
                     "nlf.n_feedback": 2, "nlf.max_train_records_per_domain": 1, "train.max_steps": 1,

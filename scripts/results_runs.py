@@ -1,0 +1,131 @@
+"""results/<run>/: committed runs of the real pipeline, each with what a reader needs to check it.
+
+    python scripts/results_runs.py run persona|persona-summary|lamp-qa-sample [--machine TEXT]
+    python scripts/results_runs.py collect RUN CLONE --wall-minutes M [--machine TEXT] [--command TEXT]
+
+`run` clones HEAD into a temporary folder, sets it up (`make setup`), runs `dvc exp run` there with
+the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it. `collect` copies into
+results/<run>/: the run's metrics/ (report, per-method metrics, run records), its params.yaml and
+dvc.lock, the per-question generations and judge scores of every evaluated method (so `personal-nlf
+rescore` can recompute them), the VAC loop's target counts, offline RL's selections, the
+summarizer's reward curves, the stage times from its logs (with date, machine and wall time), and
+run.json (the git revision its stages ran at, from the run records, and the command). The README's
+result blocks are generated from those files (scripts/readme_results.py).
+
+- `persona`: the embedded default (`make repro`; no overrides): the controlled-persona benchmark
+  (data/persona, `verifier` judge) on a slice of 16 records per split and domain, VAC and offline
+  RL. Its metrics/ and dvc.lock are also the top-level ones; this folder adds the per-question files
+  that DVC keeps only in its cache.
+- `persona-summary`: the same in summary mode with POPI's reward on the users' own preference pairs
+  (`summary.reward: popi`); its evaluation measures pairwise preference accuracy with and without
+  the learned summary. The generator and transfer's base_policy get the policy's 96 new tokens.
+- `lamp-qa-sample`: the LaMP-QA-format sample (data/sample) with the settings it ran with when it
+  was the default: the logprob judge (no aspect of the sample has a machine check), 64 new tokens,
+  every record, checkpoint selection on validation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from readme_results import stage_times_record  # noqa: E402
+
+# Each run's `-S` overrides of today's params.yaml (tests/test_results_provenance.py checks that the
+# committed params.yaml of the run is exactly this).
+RUNS = {"persona": [],
+        "persona-summary": ["mode=summary", "summary.reward=popi", "models.generator.max_new_tokens=96",
+                            "transfer.generators.base_policy.max_new_tokens=96"],
+        "lamp-qa-sample": ["data.source=data/sample", "judge.method=logprob", "models.policy.max_new_tokens=64",
+                           "data.max_records_per_split=null", "train.select_on_validation=true"]}
+# A loop's metrics folder that another mode's run may have left in the workspace (not this run's).
+LOOP_FOLDERS = {"nlf", "summary"}
+
+# Per-question files of every evaluated method (relative to the clone); missing ones are skipped.
+KEPT = ["outputs/baselines/*/generations.jsonl", "outputs/baselines/*/judge_scores.jsonl",
+        "outputs/*/iter_*/evaluate/generations.jsonl", "outputs/*/iter_*/evaluate/judge_scores.jsonl",
+        "outputs/nlf/iter_*/train_policy/targets.json", "outputs/offline_rl/iter_*/judge/selection.jsonl",
+        "outputs/summary/iter_*/evaluate/summaries.jsonl", "outputs/summary/iter_*/train_feedback/reward_curve.json"]
+
+
+def command(run: str) -> str:
+    return " ".join(["dvc exp run"] + [f"-S {s}" for s in RUNS[run]])
+
+
+def stage_revision(clone: Path) -> str:
+    """The git revision the run's stages ran at (their run records), else the clone's HEAD."""
+    revs = {json.loads(p.read_text()).get("git_revision") for p in (clone / "metrics").rglob("*.run.json")}
+    if len(revs - {None}) == 1:
+        return (revs - {None}).pop()
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=clone, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None) -> None:
+    rev = stage_revision(clone)
+    dest = ROOT / "results" / run
+    mode = "summary" if "mode=summary" in RUNS[run] else "nlf"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(clone / "metrics", dest / "metrics", ignore=lambda d, names: [
+        n for n in names if Path(d) == clone / "metrics" and n in LOOP_FOLDERS - {mode}])
+    for name in ("params.yaml", "dvc.lock"):
+        shutil.copy2(clone / name, dest / name)
+    for pattern in KEPT:
+        for src in sorted(clone.glob(pattern)):
+            if src.relative_to(clone).parts[1] in LOOP_FOLDERS - {mode}:
+                continue
+            dst = dest / src.relative_to(clone)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+    # Date, machine and wall time live in stage_times.json; run.json adds what produced the run.
+    (dest / "metrics/stage_times.json").write_text(
+        json.dumps(stage_times_record(clone, machine, wall_minutes), indent=2) + "\n")
+    (dest / "run.json").write_text(json.dumps({"git_revision": rev, "command": cmd or command(run)}, indent=2) + "\n")
+    print(f"wrote {dest.relative_to(ROOT)} from {clone} (git {rev[:12]})")
+
+
+def run(name: str, machine: str) -> None:
+    with tempfile.TemporaryDirectory(prefix="results-run-") as tmp:
+        clone = Path(tmp) / "repo"
+        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        subprocess.run(["make", "setup"], cwd=clone, check=True)
+        venv = clone / ".venv"
+        env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
+               "VIRTUAL_ENV": str(venv), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        t0 = time.time()
+        subprocess.run(command(name).split(), cwd=clone, env=env, check=True)
+        collect(name, clone, round((time.time() - t0) / 60, 1), machine)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="clone HEAD, set up, run the experiment, collect")
+    c = sub.add_parser("collect", help="copy a finished run's files into results/<run>/")
+    for p in (r, c):
+        p.add_argument("name", choices=sorted(RUNS))
+    c.add_argument("clone", type=Path)
+    c.add_argument("--wall-minutes", type=float, required=True, help="wall time of the `dvc exp run`")
+    c.add_argument("--command", default=None, help="the command that ran, if not `run`'s (e.g. `make repro`)")
+    for p in (r, c):
+        p.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
+    args = ap.parse_args(argv)
+    if args.cmd == "run":
+        run(args.name, args.machine)
+    else:
+        collect(args.name, args.clone, args.wall_minutes, args.machine, args.command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
