@@ -1,21 +1,22 @@
 """results/<run>/: committed runs of the real pipeline, each with what a reader needs to check it.
 
-    python scripts/results_runs.py run persona|persona-summary|lamp-qa-sample [--machine TEXT]
+    python scripts/results_runs.py run persona|persona-summary|lamp-qa-sample [--in CLONE] [--machine TEXT]
     python scripts/results_runs.py collect RUN CLONE --wall-minutes M [--machine TEXT] [--command TEXT]
 
-`run` clones HEAD into a temporary folder, sets it up (`make setup`), runs `dvc exp run` there with
-the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it. `collect` copies into
+`run` clones HEAD into a temporary folder (or, with --in, moves an earlier run's clone to HEAD, so
+that DVC reruns only the stages a change made stale), sets it up (`make setup`), runs `dvc exp run`
+there with the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it. `collect` copies into
 results/<run>/: the run's metrics/ (report, per-method metrics, run records), its params.yaml and
 dvc.lock, the per-question generations and judge scores of every evaluated method (so `personal-nlf
 rescore` can recompute them), the VAC loop's target counts, offline RL's selections, the
-summarizer's reward curves, the stage times from its logs (with date, machine and wall time), and
+summarizer's reward curves, the exported summaries (exports/), the stage times from its logs (with date, machine and wall time), and
 run.json (the git revision its stages ran at, from the run records, and the command). The README's
 result blocks are generated from those files (scripts/readme_results.py).
 
 - `persona`: the embedded default (`make repro`; no overrides): the controlled-persona benchmark
   (data/persona, `verifier` judge) on a slice of 16 records per split and domain, VAC and offline
-  RL. Its metrics/ and dvc.lock are also the top-level ones; this folder adds the per-question files
-  that DVC keeps only in its cache.
+  RL. `collect` also writes its metrics/, exports/ and dvc.lock to the top level; this folder adds
+  the per-question files that DVC keeps only in its cache.
 - `persona-summary`: the same in summary mode with POPI's reward on the users' own preference pairs
   (`summary.reward: popi`); its evaluation measures pairwise preference accuracy with and without
   the learned summary. The generator and transfer's base_policy get the policy's 96 new tokens.
@@ -54,7 +55,8 @@ LOOP_FOLDERS = {"nlf", "summary"}
 KEPT = ["outputs/baselines/*/generations.jsonl", "outputs/baselines/*/judge_scores.jsonl",
         "outputs/*/iter_*/evaluate/generations.jsonl", "outputs/*/iter_*/evaluate/judge_scores.jsonl",
         "outputs/nlf/iter_*/train_policy/targets.json", "outputs/offline_rl/iter_*/judge/selection.jsonl",
-        "outputs/summary/iter_*/evaluate/summaries.jsonl", "outputs/summary/iter_*/train_feedback/reward_curve.json"]
+        "outputs/summary/iter_*/evaluate/summaries.jsonl", "outputs/summary/iter_*/train_feedback/reward_curve.json",
+        "exports/*"]
 
 
 def command(run: str) -> str:
@@ -70,7 +72,8 @@ def stage_revision(clone: Path) -> str:
                           check=True).stdout.strip()
 
 
-def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None) -> None:
+def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None,
+            since: float | None = None) -> None:
     rev = stage_revision(clone)
     dest = ROOT / "results" / run
     mode = "summary" if "mode=summary" in RUNS[run] else "nlf"
@@ -89,22 +92,37 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
             shutil.copy2(src, dst)
     # Date, machine and wall time live in stage_times.json; run.json adds what produced the run.
     (dest / "metrics/stage_times.json").write_text(
-        json.dumps(stage_times_record(clone, machine, wall_minutes), indent=2) + "\n")
+        json.dumps(stage_times_record(clone, machine, wall_minutes, since), indent=2) + "\n")
     (dest / "run.json").write_text(json.dumps({"git_revision": rev, "command": cmd or command(run)}, indent=2) + "\n")
     print(f"wrote {dest.relative_to(ROOT)} from {clone} (git {rev[:12]})")
+    if not RUNS[run]:  # the default's run: its metrics/, exports/ and dvc.lock are also the top-level ones
+        for folder in ("metrics", "exports"):
+            shutil.rmtree(ROOT / folder, ignore_errors=True)
+            if (dest / folder).exists():
+                shutil.copytree(dest / folder, ROOT / folder)
+        shutil.copy2(dest / "dvc.lock", ROOT / "dvc.lock")
+        print("and metrics/, exports/, dvc.lock at the top level")
 
 
-def run(name: str, machine: str) -> None:
+def run(name: str, machine: str, clone: Path | None = None) -> None:
+    """In a fresh clone of HEAD, or with `clone` in an earlier run's clone moved to HEAD: there DVC
+    reruns only the stages whose code, data or params changed and restores the rest from its cache."""
     with tempfile.TemporaryDirectory(prefix="results-run-") as tmp:
-        clone = Path(tmp) / "repo"
-        subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        if clone is None:
+            clone = Path(tmp) / "repo"
+            subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
+        else:  # an experiment leaves params.yaml, dvc.lock and metrics/ modified: back to HEAD's
+            head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                                  check=True).stdout.strip()
+            subprocess.run(["git", "fetch", "-q", str(ROOT), head], cwd=clone, check=True)
+            subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
         subprocess.run(["make", "setup"], cwd=clone, check=True)
         venv = clone / ".venv"
         env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
                "VIRTUAL_ENV": str(venv), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         t0 = time.time()
         subprocess.run(command(name).split(), cwd=clone, env=env, check=True)
-        collect(name, clone, round((time.time() - t0) / 60, 1), machine)
+        collect(name, clone, round((time.time() - t0) / 60, 1), machine, since=t0)
 
 
 def main(argv=None) -> int:
@@ -117,11 +135,13 @@ def main(argv=None) -> int:
     c.add_argument("clone", type=Path)
     c.add_argument("--wall-minutes", type=float, required=True, help="wall time of the `dvc exp run`")
     c.add_argument("--command", default=None, help="the command that ran, if not `run`'s (e.g. `make repro`)")
+    r.add_argument("--in", dest="clone", type=Path, default=None,
+                   help="an earlier run's clone to reuse (its DVC cache: only changed stages rerun)")
     for p in (r, c):
         p.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     if args.cmd == "run":
-        run(args.name, args.machine)
+        run(args.name, args.machine, args.clone)
     else:
         collect(args.name, args.clone, args.wall_minutes, args.machine, args.command)
     return 0

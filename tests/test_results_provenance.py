@@ -1,10 +1,11 @@
-"""Committed results come from the committed code and params.
+"""Committed results come from the committed code, data and params.
 
-Every metrics file of the default run (`metrics/`, `make repro`) and of the committed runs
-(`results/<run>/`, scripts/results_runs.py) records the content hash of the package source that
-produced it. It must be HEAD's: a change to src/ without regenerating the results fails here.
-Each run's params must be today's params.yaml with exactly its `-S` overrides; the default's run
-(`results/persona/`) is the one whose metrics/ and dvc.lock are committed at the top level."""
+The default run (`metrics/`, `dvc.lock`: `make repro`) and the committed runs (`results/<run>/`,
+scripts/results_runs.py) each keep their dvc.lock. DVC's status against it, in a fresh copy of this
+commit, must find no stage whose code, data or params changed since it ran, and no committed metric
+that differs from what the stage wrote. Each run's params must be today's params.yaml with exactly
+its `-S` overrides; the default's run (`results/persona/`) is the one whose metrics/ and dvc.lock are
+committed at the top level. Every kept judge row recomputes its metrics file."""
 
 import json
 import shutil
@@ -14,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import load_script, set_params
-from personal_nlf import provenance
+from conftest import copy_worktree, dvc, load_script, set_params
 
 ROOT = Path(__file__).resolve().parent.parent
 results_runs = load_script("results_runs")
@@ -42,16 +42,63 @@ def test_the_default_run_is_committed_with_its_per_question_files():
     assert (run / "dvc.lock").read_bytes() == (ROOT / "dvc.lock").read_bytes()
 
 
-@pytest.mark.parametrize("folder", ["metrics"] + [f"results/{r}/metrics" for r in RUNS])
-def test_committed_results_were_produced_by_this_code(folder):
-    files = metrics_files(ROOT / folder)
-    assert len(files) >= 8, f"{folder}: expected a metrics file per method, found {len(files)}"
-    stale = {str(p.relative_to(ROOT)): json.loads(p.read_text())["provenance"]["code_hash"] for p in files}
-    stale = {k: v for k, v in stale.items() if v != provenance.code_hash()}
-    assert not stale, (f"results produced by other code than src/ now holds ({provenance.code_hash()}): {stale}; "
-                       "regenerate them: `make repro` on a fresh clone for metrics/ (README, 'Results on the embedded default'), "
-                       "`python scripts/results_runs.py run <run>` for results/<run>/ (persona: copy its metrics/ and dvc.lock "
-                       "to the top level)")
+def out_of_date(repo: Path) -> list[str]:
+    """What `dvc status` in `repo` (a fresh copy of this commit, no DVC cache) finds out of date
+    against its dvc.lock, other than what a fresh clone lacks by design: outputs not in the cache,
+    and dependencies that are such outputs (`outputs/`, `models/`). Left are stale code, data and
+    params dependencies, changed commands and committed outputs (metrics/, exports/) that differ."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    outs = {o["path"] for st in lock.values() for o in st.get("outs", [])}
+
+    def produced(path: str) -> bool:
+        return any(path == o or o.startswith(path + "/") or path.startswith(o + "/") for o in outs)
+
+    stale = []
+    for name, changes in json.loads(dvc("status", "--json", cwd=repo).stdout).items():
+        for change in changes:
+            if not isinstance(change, dict):
+                stale.append(f"{name}: {change}")
+                continue
+            for kind, paths in change.items():
+                for path, what in paths.items():
+                    if (kind == "changed outs" and what == "not in cache") or (kind == "changed deps" and produced(path)):
+                        continue
+                    stale.append(f"{name}: {kind} {path}: {what}")
+    return stale
+
+
+@pytest.mark.parametrize("run", [None] + RUNS)
+def test_committed_results_are_up_to_date_with_this_commit(run, tmp_path):
+    """DVC's own check, stage by stage: in a fresh copy of this commit holding the run's params.yaml,
+    dvc.lock, metrics/ and exports/ (None: the top-level ones, `make repro`'s), every stage's code,
+    data and params hashes equal what its lock entry recorded, and the committed metrics equal the
+    lock's. tests/test_dvc_graph.py keeps each stage's deps equal to its import closure, so a change
+    to src/ makes exactly the stages that run that code stale (regenerate: README, "Reproducing")."""
+    repo = copy_worktree(tmp_path / "repo")
+    if run is not None:
+        src = ROOT / "results" / run
+        for name in ("params.yaml", "dvc.lock"):
+            shutil.copy2(src / name, repo / name)
+        for folder in ("metrics", "exports"):
+            shutil.rmtree(repo / folder)
+            shutil.copytree(src / folder, repo / folder)
+    stale = out_of_date(repo)
+    assert not stale, (f"{'results/' + run if run else 'the top-level dvc.lock'} is out of date with this commit:\n"
+                       + "\n".join(stale[:20]) + "\nregenerate: `python scripts/results_runs.py run <run>` (persona: "
+                       "then copy its metrics/, exports/ and dvc.lock to the top level)")
+
+
+def test_a_stale_dependency_or_metric_is_caught(tmp_path):
+    """The check above fails on a changed source file, a changed param and an edited metric."""
+    repo = copy_worktree(tmp_path / "repo")
+    assert out_of_date(repo) == []
+    with (repo / "src/personal_nlf/metrics.py").open("a") as f:
+        f.write("# changed\n")
+    set_params(repo, seed=7)
+    report = repo / "metrics/report.md"
+    report.write_text(report.read_text() + "edited\n")
+    stale = "\n".join(out_of_date(repo))
+    assert "src/personal_nlf/metrics.py: modified" in stale and "params.yaml" in stale and "metrics/report.md" in stale
 
 
 def judge_scores_of(run_root: Path, metrics_path: Path) -> Path:
@@ -119,3 +166,5 @@ def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypat
     kept = {str(p.relative_to(tmp_path / "repo/results/persona")) for p in (tmp_path / "repo/results/persona").rglob("*")}
     assert "metrics/nlf/iter_1.json" in kept and "outputs/nlf/iter_1/evaluate/judge_scores.jsonl" in kept
     assert not any("summary" in k for k in kept)
+    # The default's run (no overrides) is also the top-level metrics/ and dvc.lock.
+    assert (tmp_path / "repo/metrics/nlf/iter_1.json").exists() and (tmp_path / "repo/dvc.lock").exists()
