@@ -67,14 +67,10 @@ def results(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_times_from_logs(root: Path, since: float | None = None) -> dict[str, float]:
-    """Seconds of each stage's last run, from logs/<stage>.log ("done in X s" after the last "start:");
-    with `since` (a time.time()), only the stages whose log was written since (the others were
-    restored from DVC's cache, or ran in an earlier run)."""
+def stage_times_from_logs(root: Path) -> dict[str, float]:
+    """Seconds of each stage's last run, from logs/<stage>.log ("done in X s" after the last "start:")."""
     out = {}
     for log in sorted((root / "logs").glob("*.log")):
-        if since is not None and log.stat().st_mtime < since:
-            continue
         last = None
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             if " start: " in line:
@@ -87,13 +83,13 @@ def stage_times_from_logs(root: Path, since: float | None = None) -> dict[str, f
     return out
 
 
-def stage_times_record(root: Path, machine: str, wall_minutes: float | None, since: float | None = None) -> dict:
+def stage_times_record(root: Path, machine: str, wall_minutes: float | None) -> dict:
     """metrics/stage_times.json of a finished run in `root`: today's date, the machine, the measured
-    wall time and each stage's seconds from its logs (those written since `since`, if given)."""
+    wall time and each stage's seconds from its logs."""
     import time
 
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine, "wall_minutes": wall_minutes,
-            "seconds": stage_times_from_logs(root, since)}
+            "seconds": stage_times_from_logs(root)}
 
 
 def timings(root: Path) -> str:

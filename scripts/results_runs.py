@@ -72,8 +72,7 @@ def stage_revision(clone: Path) -> str:
                           check=True).stdout.strip()
 
 
-def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None,
-            since: float | None = None) -> None:
+def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None) -> None:
     rev = stage_revision(clone)
     dest = ROOT / "results" / run
     mode = "summary" if "mode=summary" in RUNS[run] else "nlf"
@@ -92,7 +91,7 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
             shutil.copy2(src, dst)
     # Date, machine and wall time live in stage_times.json; run.json adds what produced the run.
     (dest / "metrics/stage_times.json").write_text(
-        json.dumps(stage_times_record(clone, machine, wall_minutes, since), indent=2) + "\n")
+        json.dumps(stage_times_record(clone, machine, wall_minutes), indent=2) + "\n")
     (dest / "run.json").write_text(json.dumps({"git_revision": rev, "command": cmd or command(run)}, indent=2) + "\n")
     print(f"wrote {dest.relative_to(ROOT)} from {clone} (git {rev[:12]})")
     if not RUNS[run]:  # the default's run: its metrics/, exports/ and dvc.lock are also the top-level ones
@@ -106,7 +105,9 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
 
 def run(name: str, machine: str, clone: Path | None = None) -> None:
     """In a fresh clone of HEAD, or with `clone` in an earlier run's clone moved to HEAD: there DVC
-    reruns only the stages whose code, data or params changed and restores the rest from its cache."""
+    reruns only the stages whose code, data or params changed and restores the rest from its cache.
+    Stage times are each stage's last run in the clone (its logs), so a restored stage keeps the time
+    of the run that produced its outputs; the wall time is this invocation's only."""
     with tempfile.TemporaryDirectory(prefix="results-run-") as tmp:
         if clone is None:
             clone = Path(tmp) / "repo"
@@ -122,7 +123,7 @@ def run(name: str, machine: str, clone: Path | None = None) -> None:
                "VIRTUAL_ENV": str(venv), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         t0 = time.time()
         subprocess.run(command(name).split(), cwd=clone, env=env, check=True)
-        collect(name, clone, round((time.time() - t0) / 60, 1), machine, since=t0)
+        collect(name, clone, round((time.time() - t0) / 60, 1), machine)
 
 
 def main(argv=None) -> int:
