@@ -107,7 +107,8 @@ def run(name: str, machine: str, clone: Path | None = None) -> None:
     """In a fresh clone of HEAD, or with `clone` in an earlier run's clone moved to HEAD: there DVC
     reruns only the stages whose code, data or params changed and restores the rest from its cache.
     Stage times are each stage's last run in the clone (its logs), so a restored stage keeps the time
-    of the run that produced its outputs; the wall time is this invocation's only."""
+    of the run that produced its outputs; the wall time is this invocation's only. Keep one clone per
+    run: logs are named by stage, not by mode, so another run in the same clone overwrites them."""
     with tempfile.TemporaryDirectory(prefix="results-run-") as tmp:
         if clone is None:
             clone = Path(tmp) / "repo"
