@@ -43,8 +43,9 @@ test-vllm-pipeline:
 	$(MAKE) -j2 --no-print-directory setup setup-vllm
 	$(RUN) python -m pytest -m vllm_pipeline
 
-# The learning test (issue 13, item 7): passes at its 96 LoRA steps with the embedded 135M policy,
-# but takes ~50 min on 2 cores, so it is kept out of `make test` (figures: tests/test_learning.py).
+# The 8-user learning test (issue 13, item 7): passes at its 96 LoRA steps with the embedded 135M
+# policy, but takes ~50 min on 2 cores, so it is kept out of `make test`, which runs the 2-user
+# version (figures: tests/test_learning.py).
 test-learning: setup
 	$(RUN) python -m pytest -s -m learning
 
