@@ -5,13 +5,15 @@
 
 `run` clones HEAD into a temporary folder (or, with --in, moves an earlier run's clone to HEAD, so
 that DVC reruns only the stages a change made stale), sets it up (`make setup`), runs `dvc exp run`
-there with the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it. `collect` copies into
-results/<run>/: the run's metrics/ (report, per-method metrics, run records), its params.yaml and
-dvc.lock, the per-question generations and judge scores of every evaluated method (so `personal-nlf
-rescore` can recompute them), the VAC loop's target counts, offline RL's selections, the
-summarizer's reward curves, the exported summaries (exports/), the stage times from its logs (with date, machine and wall time), and
-run.json (the git revision its stages ran at, from the run records, and the command). The README's
-result blocks are generated from those files (scripts/readme_results.py).
+there with the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it.
+
+`collect` copies into results/<run>/: the run's metrics/ (report, per-method metrics, run records),
+its params.yaml and dvc.lock, the per-question generations and judge scores of every evaluated
+method (so `personal-nlf rescore` can recompute them), the VAC loop's target counts, offline RL's
+selections, the summarizer's reward curves, the exported summaries (exports/), the stage times from
+its logs (with date, machine and wall time), and run.json (the git revision its stages ran at, from
+the run records, and the command). The README's result blocks are generated from those files
+(scripts/readme_results.py).
 
 - `persona`: the embedded default (`make repro`; no overrides): the controlled-persona benchmark
   (data/persona, `verifier` judge) on a slice of 16 records per split and domain, VAC and offline
