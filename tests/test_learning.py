@@ -123,6 +123,20 @@ def train(p: Params, rows, models_dir, out: Path) -> str:
     return json.loads((out / "train" / "state.json").read_text())["adapter"]
 
 
+def assert_learns(p: Params, users, rows, shuffled_rows, models_dir, tmp: Path):
+    """Score the untrained policy, the policy trained on `rows` and the one trained on
+    `shuffled_rows` (same prompts, targets paired with the wrong users); the first training must
+    beat its start and the shuffled control."""
+    start = score(p, users, models_dir, tmp / "start", None)
+    trained = score(p, users, models_dir, tmp / "trained", train(p, rows, models_dir, tmp / "trained"))
+    shuffled = score(p, users, models_dir, tmp / "shuffled", train(p, shuffled_rows, models_dir, tmp / "shuffled"))
+    print(f"\nverifier macro on the {len(users)} users: start {start:.3f}, trained {trained:.3f} "
+          f"({trained - start:+.3f}), shuffled targets {shuffled:.3f} ({shuffled - start:+.3f})")
+    assert trained - start >= MIN_GAIN, f"training on the verifier's best targets gained only {trained - start:+.3f}"
+    assert trained - shuffled >= MIN_OVER_SHUFFLED, (
+        f"trained {trained:.3f} is not above the shuffled-target run {shuffled:.3f} by {MIN_OVER_SHUFFLED}")
+
+
 @pytest.mark.slow
 @pytest.mark.learning
 def test_training_on_verifier_best_targets_raises_the_score_and_shuffled_targets_do_not(tmp_path, embedded_models):
@@ -138,16 +152,7 @@ def test_training_on_verifier_best_targets_raises_the_score_and_shuffled_targets
     assert [r["prompt"] for r in rows] == [r["prompt"] for r in shuffled_rows]
     assert sorted(json.dumps(r["completion"]) for r in rows) == sorted(json.dumps(r["completion"]) for r in shuffled_rows)
 
-    start = score(p, train_users, embedded_models, tmp_path / "start", None)
-    trained = score(p, train_users, embedded_models, tmp_path / "trained",
-                    train(p, rows, embedded_models, tmp_path / "trained"))
-    shuffled = score(p, train_users, embedded_models, tmp_path / "shuffled",
-                     train(p, shuffled_rows, embedded_models, tmp_path / "shuffled"))
-    print(f"\nverifier macro on the {len(train_users)} users: start {start:.3f}, trained {trained:.3f} "
-          f"({trained - start:+.3f}), shuffled targets {shuffled:.3f} ({shuffled - start:+.3f})")
-    assert trained - start >= MIN_GAIN, f"training on the verifier's best targets gained only {trained - start:+.3f}"
-    assert trained - shuffled >= MIN_OVER_SHUFFLED, (
-        f"trained {trained:.3f} is not above the shuffled-target run {shuffled:.3f} by {MIN_OVER_SHUFFLED}")
+    assert_learns(p, train_users, rows, shuffled_rows, embedded_models, tmp_path)
 
 
 # ---------------------------------------------------------------- the small version `make test` runs
@@ -187,12 +192,4 @@ def test_small_two_users_one_question_training_follows_the_profile_and_shuffled_
     rows = sft_rows(users, targets)
     shuffled_rows = sft_rows(users, targets[::-1])
 
-    start = score(p, users, embedded_models, tmp_path / "start", None)
-    trained = score(p, users, embedded_models, tmp_path / "trained", train(p, rows, embedded_models, tmp_path / "trained"))
-    shuffled = score(p, users, embedded_models, tmp_path / "shuffled",
-                     train(p, shuffled_rows, embedded_models, tmp_path / "shuffled"))
-    print(f"\nverifier macro on the 2 users: start {start:.3f}, trained {trained:.3f} ({trained - start:+.3f}), "
-          f"shuffled targets {shuffled:.3f} ({shuffled - start:+.3f})")
-    assert trained - start >= MIN_GAIN, f"training on the verifier's best targets gained only {trained - start:+.3f}"
-    assert trained - shuffled >= MIN_OVER_SHUFFLED, (
-        f"trained {trained:.3f} is not above the shuffled-target run {shuffled:.3f} by {MIN_OVER_SHUFFLED}")
+    assert_learns(p, users, rows, shuffled_rows, embedded_models, tmp_path)
