@@ -26,29 +26,16 @@ def test_unknown_top_level_key_names_key_and_file(tmp_path):
     assert "seeed" in str(e.value) and str(p) in str(e.value) and "unknown key" in str(e.value)
 
 
-def test_unknown_nested_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"retrieval\.kk"):
-        load_params(write(tmp_path, "retrieval:\n  kk: 3\n"))
-
-
-def test_unknown_role_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"models\.policy\.temprature"):
-        load_params(write(tmp_path, "models:\n  policy:\n    temprature: 0.1\n"))
-
-
-def test_wrong_type(tmp_path):
-    with pytest.raises(ConfigError, match=r"retrieval\.k"):
-        load_params(write(tmp_path, "retrieval:\n  k: ten\n"))
-
-
-def test_bad_backend_value(tmp_path):
-    with pytest.raises(ConfigError, match=r"models\.judge\.backend"):
-        load_params(write(tmp_path, "models:\n  judge:\n    backend: llamafile\n"))
-
-
-def test_unknown_split(tmp_path):
-    with pytest.raises(ConfigError, match="unknown split"):
-        load_params(write(tmp_path, "data:\n  splits: [train, dev]\n"))
+@pytest.mark.parametrize("text, named", [
+    ("retrieval:\n  kk: 3\n", r"retrieval\.kk"),                             # unknown nested key
+    ("models:\n  policy:\n    temprature: 0.1\n", r"models\.policy\.temprature"),  # unknown role key
+    ("retrieval:\n  k: ten\n", r"retrieval\.k"),                              # wrong type
+    ("models:\n  judge:\n    backend: llamafile\n", r"models\.judge\.backend"),  # bad backend value
+    ("data:\n  splits: [train, dev]\n", "unknown split"),
+])
+def test_a_bad_value_is_refused_naming_its_key(tmp_path, text, named):
+    with pytest.raises(ConfigError, match=named):
+        load_params(write(tmp_path, text))
 
 
 def test_invalid_yaml_and_missing_file(tmp_path):
