@@ -209,7 +209,7 @@ def stages_declaring(repo: Path, key: str, **updates) -> set[str]:
     try:
         set_params(repo, **updates)
         with Repo(str(repo)) as r:
-            return {s.addressing for s in r.index.stages for d in s.deps if isinstance(d, ParamsDependency)
+            return {s.name for s in r.index.stages for d in s.deps if isinstance(d, ParamsDependency)
                     for k in d.params if key == k or key.startswith(k + ".")}
     finally:
         (repo / "params.yaml").write_text(saved)
