@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -134,15 +135,22 @@ def test_rescoring_from_kept_judge_outputs_reproduces_metrics(pipeline):
         assert again["macro"] == saved["macro"] and again["domains"] == saved["domains"]
 
 
-def status_after(repo: Path, **updates) -> dict:
-    """`dvc status --json` after `updates` to params.yaml, without running anything: the stages
-    `dvc repro` would run, with what changed for each. params.yaml is restored afterwards."""
+@contextmanager
+def params_updated(repo: Path, **updates):
+    """params.yaml with `updates` for the duration of the block, then restored as it was."""
     saved = (repo / "params.yaml").read_text()
     try:
         set_params(repo, **updates)
-        changed = json.loads(dvc("status", "--json", cwd=repo).stdout)
+        yield
     finally:
         (repo / "params.yaml").write_text(saved)
+
+
+def status_after(repo: Path, **updates) -> dict:
+    """`dvc status --json` after `updates` to params.yaml, without running anything: the stages
+    `dvc repro` would run, with what changed for each."""
+    with params_updated(repo, **updates):
+        changed = json.loads(dvc("status", "--json", cwd=repo).stdout)
     assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
     return changed
 
@@ -184,9 +192,10 @@ def test_iterations_are_cached_separately(pipeline):
     """T is a param: adding iteration 2 runs only iteration 2 (both loops), export and the report;
     then a changed iteration-2 training param touches only iteration 2's training stages (and
     export and report, which read all of nlf.iterations). Both read DVC's own view without running
-    (`dvc status`, the stages' declared params): iteration 2 for real took 6.8 min of CI. What it would run is iteration 1's code from
-    iteration 1's state (tests/test_nlf.py: the adapters of t-1, the per-iteration overrides), and
-    the committed default runs two iterations at this commit's code (test_results_provenance.py)."""
+    (`dvc status`, the stages' declared params): iteration 2 for real took 6.8 min of CI. What it
+    would run is iteration 1's code from iteration 1's state (tests/test_nlf.py: the adapters of
+    t-1, the per-iteration overrides), and the committed default runs two iterations at this
+    commit's code (test_results_provenance.py)."""
     repo = pipeline["repo"]
     two = {"1": {"prev": "0"}, "2": {"prev": "1", "max_steps": 1}}
     # (export: in mode nlf it only records that there is nothing to export; it reads outputs/nlf.)
@@ -201,18 +210,13 @@ def test_iterations_are_cached_separately(pipeline):
 
 def stages_declaring(repo: Path, key: str, **updates) -> set[str]:
     """The stages whose declared params hold `key` (itself or a section above it), as DVC expands
-    dvc.yaml after `updates` to params.yaml; params.yaml is restored afterwards."""
+    dvc.yaml after `updates` to params.yaml."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
-    saved = (repo / "params.yaml").read_text()
-    try:
-        set_params(repo, **updates)
-        with Repo(str(repo)) as r:
-            return {s.name for s in r.index.stages for d in s.deps if isinstance(d, ParamsDependency)
-                    for k in d.params if key == k or key.startswith(k + ".")}
-    finally:
-        (repo / "params.yaml").write_text(saved)
+    with params_updated(repo, **updates), Repo(str(repo)) as r:
+        return {s.name for s in r.index.stages for d in s.deps if isinstance(d, ParamsDependency)
+                for k in d.params if key == k or key.startswith(k + ".")}
 
 
 def test_trained_planner_option(pipeline):
@@ -414,7 +418,6 @@ def test_summary_mode_end_to_end(pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     with serve_local_model(repo / "models/embedded/smollm2-135m-instruct", device="cpu") as (url, model):
         set_params(repo, **{
-            "nlf.iterations": {"1": {"prev": "0"}},  # one summary iteration
             "summary.export_iteration": "1", "summary.num_generations": 2, "summary.n_answers": 2,
             "summary.budget_tokens": 8, "models.summarizer.max_new_tokens": 16, "models.generator.max_new_tokens": 12,
             "transfer.generators": {
