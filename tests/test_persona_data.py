@@ -108,7 +108,7 @@ def test_prepared_frame_keeps_checks_persona_and_pairs():
 def test_validation_names_a_bad_check_and_a_bad_pair():
     row = json.loads((PERSONA / DOMAINS[0] / "test.json").read_text())[0]
     row["rubric_aspects"][1]["check"] = {"type": "max_words"}
-    row["pairs"][1]["rejected"] = row["pairs"][1]["chosen"]
+    row["pairs"][1]["rejected"] = row["pairs"][1]["chosen"] + " "  # the same text up to spaces
     row["persona"] = 3
     _, problems, _ = data.validate_rows([row], "f.json")
     text = "\n".join(problems)

@@ -160,6 +160,46 @@ def _nonempty_str(rec: dict, key: str, where, problems: list[str], required: boo
     return v
 
 
+def object_items(value: Any, fld: str, where, problems: list[str], required: bool = False,
+                 nonempty: str = "", strings: bool = False):
+    """(j, item, at) for each item of the list field `fld` (its value `value`) that is an object
+    (or, with `strings`, a string). `at(key, message)` locates `fld[j].key` (`at(None, message)`:
+    the item itself). Reported in `problems`: a missing field when `required`, a value that is not
+    a list, an empty list when `nonempty` says why one is needed, and any other item."""
+    if value is None:
+        if required:
+            problems.append(where(fld, "missing"))
+        return
+    if not isinstance(value, list):
+        problems.append(where(fld, f"expected a list, got {_type_name(value)}"))
+        return
+    if nonempty and not value:
+        problems.append(where(fld, f"empty list ({nonempty})"))
+    for j, item in enumerate(value):
+        f = f"{fld}[{j}]"
+        if not (isinstance(item, dict) or (strings and isinstance(item, str))):
+            wanted = "a string or an object with text" if strings else "an object"
+            problems.append(where(f, f"expected {wanted}, got {_type_name(item)}"))
+            continue
+        yield j, item, (lambda k, m, f=f: where(f if k is None else f"{f}.{k}", m))
+
+
+def parse_pairs(value: Any, where, problems: list[str], fld: str = "pairs", required: bool = True,
+                nonempty: str = "a record needs at least one chosen/rejected pair") -> list[PreferencePair]:
+    """A list of {chosen, rejected, chosen_persona?, rejected_persona?}: the preference pairs of a
+    persona record (data/persona) and of a preference file (preferences.py)."""
+    out = []
+    for _, p, at in object_items(value, fld, where, problems, required, nonempty if required else ""):
+        n = len(problems)
+        vals = [_nonempty_str(p, k, at, problems, required=k in ("chosen", "rejected"))
+                for k in ("chosen", "rejected", "chosen_persona", "rejected_persona")]
+        if len(problems) == n and vals[0].strip() == vals[1].strip():
+            problems.append(at(None, "chosen and rejected are the same text"))
+        if len(problems) == n:
+            out.append(PreferencePair(*vals))
+    return out
+
+
 def located_rows(rows: list[Any], source: str, problems: list[str]):
     """(index, row, label, where) for every row that is a JSON object; any other row is reported
     in `problems`. `where(field, message)` names the file, the record (index and id) and the field."""
@@ -198,91 +238,57 @@ def validate_rows(
             seen[rid] = i
 
         aspects: list[Aspect] = []
-        ra = rec.get("rubric_aspects")
-        if ra is None:
-            if require_rubric:
-                problems.append(where("rubric_aspects", "missing"))
-        elif not isinstance(ra, list):
-            problems.append(where("rubric_aspects", f"expected a list, got {_type_name(ra)}"))
-        else:
-            if require_rubric and not ra:
-                problems.append(where("rubric_aspects", "empty list (the judge needs at least one aspect)"))
-            for j, a in enumerate(ra):
-                f = f"rubric_aspects[{j}]"
-                if not isinstance(a, dict):
-                    problems.append(where(f, f"expected an object, got {_type_name(a)}"))
-                    continue
-                name = _nonempty_str(a, "aspect", lambda k, m, f=f: where(f"{f}.{k}", m), problems)
-                reason = _nonempty_str(a, "reason", lambda k, m, f=f: where(f"{f}.{k}", m), problems, required=False)
-                evidence = _nonempty_str(a, "evidence", lambda k, m, f=f: where(f"{f}.{k}", m), problems, required=False)
-                check = a.get("check")
-                if check is not None:
-                    bad = verifier.validate_check(check)
-                    if bad:
-                        problems.append(where(f"{f}.check", bad))
-                aspects.append(Aspect(name, reason, evidence, check))
+        for _, a, at in object_items(rec.get("rubric_aspects"), "rubric_aspects", where, problems,
+                                     required=require_rubric,
+                                     nonempty="the judge needs at least one aspect" if require_rubric else ""):
+            name = _nonempty_str(a, "aspect", at, problems)
+            reason = _nonempty_str(a, "reason", at, problems, required=False)
+            evidence = _nonempty_str(a, "evidence", at, problems, required=False)
+            check = a.get("check")
+            if check is not None:
+                bad = verifier.validate_check(check)
+                if bad:
+                    problems.append(at("check", bad))
+            aspects.append(Aspect(name, reason, evidence, check))
 
         persona = rec.get("persona")
         if persona is not None and not isinstance(persona, str):
             problems.append(where("persona", f"expected a string, got {_type_name(persona)}"))
-        pairs: list[PreferencePair] = []
-        pr = rec.get("pairs")
-        if pr is not None and not isinstance(pr, list):
-            problems.append(where("pairs", f"expected a list, got {_type_name(pr)}"))
-        for j, pair in enumerate(pr if isinstance(pr, list) else []):
-            f = f"pairs[{j}]"
-            if not isinstance(pair, dict):
-                problems.append(where(f, f"expected an object, got {_type_name(pair)}"))
-                continue
-            pw = lambda k, m, f=f: where(f"{f}.{k}", m)
-            vals = [_nonempty_str(pair, k, pw, problems, required=k in ("chosen", "rejected"))
-                    for k in ("chosen", "rejected", "chosen_persona", "rejected_persona")]
-            if vals[0] and vals[0] == vals[1]:
-                problems.append(where(f, "chosen and rejected are the same text"))
-            pairs.append(PreferencePair(*vals))
+        pairs = parse_pairs(rec.get("pairs"), where, problems, required=False)
 
         items: list[ProfileItem] = []
         prof = rec.get("profile")
-        if prof is None:
-            problems.append(where("profile", "missing"))
-        elif not isinstance(prof, list):
-            problems.append(where("profile", f"expected a list, got {_type_name(prof)}"))
-        else:
-            for j, p in enumerate(prof):
-                f = f"profile[{j}]"
-                if not isinstance(p, dict):
-                    problems.append(where(f, f"expected an object, got {_type_name(p)}"))
-                    continue
-                if "text" not in p or p["text"] is None:
-                    problems.append(where(f"{f}.text", "missing"))
-                    continue
-                text = p["text"]
-                if not isinstance(text, str):
-                    problems.append(where(f"{f}.text", f"expected a string, got {_type_name(text)}"))
-                    continue
-                pid = p.get("id")
-                if pid is None or pid == "":
-                    pid = str(j)
-                    report.auto_profile_ids += 1
-                elif isinstance(pid, (str, int)) and not isinstance(pid, bool):
-                    pid = str(pid)
-                else:
-                    problems.append(where(f"{f}.id", f"expected a string, got {_type_name(pid)}"))
-                    continue
-                cat = p.get("category")
-                if cat is not None and not isinstance(cat, str):
-                    problems.append(where(f"{f}.category", f"expected a string, got {_type_name(cat)}"))
-                    continue
-                if not text.strip():
-                    report.dropped_empty_items += 1
-                    continue
-                if max_item_chars and len(text) > max_item_chars:
-                    text = text[:max_item_chars]
-                    report.truncated_items += 1
-                items.append(ProfileItem(pid, text, cat))
-            if not items and not problems[n_before:]:
-                report.empty_profiles += 1
-                report.warnings.append(f"{source}: {label}: empty profile (falls back to no retrieval)")
+        for j, p, at in object_items(prof, "profile", where, problems, required=True):
+            text = p.get("text")
+            if text is None:
+                problems.append(at("text", "missing"))
+                continue
+            if not isinstance(text, str):
+                problems.append(at("text", f"expected a string, got {_type_name(text)}"))
+                continue
+            pid = p.get("id")
+            if pid is None or pid == "":
+                pid = str(j)
+                report.auto_profile_ids += 1
+            elif isinstance(pid, (str, int)) and not isinstance(pid, bool):
+                pid = str(pid)
+            else:
+                problems.append(at("id", f"expected a string, got {_type_name(pid)}"))
+                continue
+            cat = p.get("category")
+            if cat is not None and not isinstance(cat, str):
+                problems.append(at("category", f"expected a string, got {_type_name(cat)}"))
+                continue
+            if not text.strip():
+                report.dropped_empty_items += 1
+                continue
+            if max_item_chars and len(text) > max_item_chars:
+                text = text[:max_item_chars]
+                report.truncated_items += 1
+            items.append(ProfileItem(pid, text, cat))
+        if isinstance(prof, list) and not items and not problems[n_before:]:
+            report.empty_profiles += 1
+            report.warnings.append(f"{source}: {label}: empty profile (falls back to no retrieval)")
         if len(problems) == n_before:
             records.append(Record(rid, question, narrative, tuple(aspects), tuple(items),
                                   persona if isinstance(persona, str) else None, tuple(pairs)))

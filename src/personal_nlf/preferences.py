@@ -61,17 +61,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data import HUB_ID, DataError, _nonempty_str, _type_name, located_rows, read_rows, validate_rows
+from .data import (HUB_ID, DataError, PreferencePair, ProfileItem, Record, _nonempty_str, _type_name, located_rows,
+                   object_items, parse_pairs, read_rows, validate_rows)
 
 KINDS = ("lamp_qa", "pairs", "choice")
-
-
-@dataclass(frozen=True)
-class Pair:
-    chosen: str
-    rejected: str
-    chosen_persona: str = ""  # ground truth for judging only
-    rejected_persona: str = ""
 
 
 @dataclass(frozen=True)
@@ -91,16 +84,16 @@ class PreferenceRecord:
     persona: str = ""  # ground truth, judging only
     history: tuple[PastPair, ...] = ()
     profile: tuple[str, ...] = ()
-    pairs: tuple[Pair, ...] = ()
+    pairs: tuple[PreferencePair, ...] = ()
     options: tuple[str, ...] = ()
     correct: int | None = None
 
-    def eval_pairs(self) -> tuple[Pair, ...]:
+    def eval_pairs(self) -> tuple[PreferencePair, ...]:
         """(chosen, rejected) pairs to score: the record's pairs, or for a multiple-choice record
         the right option against each other option."""
         if self.kind == "choice":
             right = self.options[self.correct]
-            return tuple(Pair(right, o) for i, o in enumerate(self.options) if i != self.correct)
+            return tuple(PreferencePair(right, o) for i, o in enumerate(self.options) if i != self.correct)
         return self.pairs
 
     def signal_texts(self) -> list[str]:
@@ -113,16 +106,13 @@ class PreferenceRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def to_record(self):
+    def to_record(self) -> Record:
         """The pipeline's record (data.Record, what `prepare` writes): the user signal becomes the
         profile (signal_texts), eval_pairs the pairs; no narrative or rubric (judge with pairs)."""
-        from .data import PreferencePair, ProfileItem, Record
-
         return Record(id=self.id, question=self.question,
                       profile=tuple(ProfileItem(f"s{i}", t) for i, t in enumerate(self.signal_texts())),
                       persona=self.persona or None,
-                      pairs=tuple(PreferencePair(p.chosen, p.rejected, p.chosen_persona, p.rejected_persona)
-                                  for p in self.eval_pairs()))
+                      pairs=self.eval_pairs())
 
 
 # ---------------------------------------------------------------- validation
@@ -141,79 +131,24 @@ def detect_kind(row: Any) -> str:
     return "lamp_qa"
 
 
-def parse_pairs(value: Any, where: Callable[[str, str], str], problems: list[str], fld: str = "pairs",
-                required: bool = True) -> list[Pair]:
-    """A `pairs` list ({chosen, rejected, chosen_persona?, rejected_persona?}), problems appended
-    with `where(field, message)`. Usable from data.validate_rows for LaMP-QA records with pairs."""
-    if value is None:
-        if required:
-            problems.append(where(fld, "missing"))
-        return []
-    if not isinstance(value, list):
-        problems.append(where(fld, f"expected a list, got {_type_name(value)}"))
-        return []
-    if required and not value:
-        problems.append(where(fld, "empty list (a record needs at least one chosen/rejected pair)"))
-    out = []
-    for j, p in enumerate(value):
-        f = f"{fld}[{j}]"
-        if not isinstance(p, dict):
-            problems.append(where(f, f"expected an object, got {_type_name(p)}"))
-            continue
-        sub = lambda k, m, f=f: where(f"{f}.{k}", m)
-        n = len(problems)
-        chosen = _nonempty_str(p, "chosen", sub, problems)
-        rejected = _nonempty_str(p, "rejected", sub, problems)
-        cp = _nonempty_str(p, "chosen_persona", sub, problems, required=False)
-        rp = _nonempty_str(p, "rejected_persona", sub, problems, required=False)
-        if len(problems) == n and chosen.strip() == rejected.strip():
-            problems.append(where(f, "chosen and rejected are the same text"))
-        if len(problems) == n:
-            out.append(Pair(chosen, rejected, cp, rp))
-    return out
-
-
 def _history(value: Any, where, problems: list[str]) -> list[PastPair]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        problems.append(where("history", f"expected a list, got {_type_name(value)}"))
-        return []
     out = []
-    for j, h in enumerate(value):
-        f = f"history[{j}]"
-        if not isinstance(h, dict):
-            problems.append(where(f, f"expected an object, got {_type_name(h)}"))
-            continue
-        sub = lambda k, m, f=f: where(f"{f}.{k}", m)
+    for _, h, at in object_items(value, "history", where, problems):
         n = len(problems)
-        vals = [_nonempty_str(h, k, sub, problems) for k in ("prompt", "chosen", "rejected")]
+        vals = [_nonempty_str(h, k, at, problems) for k in ("prompt", "chosen", "rejected")]
         if len(problems) == n:
             out.append(PastPair(*vals))
     return out
 
 
 def _profile(value: Any, where, problems: list[str]) -> list[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        problems.append(where("profile", f"expected a list, got {_type_name(value)}"))
-        return []
+    """Profile items: strings, or objects with a `text`; blank ones are dropped."""
     out = []
-    for j, p in enumerate(value):
-        f = f"profile[{j}]"
-        if isinstance(p, str):
-            text = p
-        elif isinstance(p, dict):
-            if not isinstance(p.get("text"), str):
-                problems.append(where(f"{f}.text", "missing" if p.get("text") is None
-                                      else f"expected a string, got {_type_name(p['text'])}"))
-                continue
-            text = p["text"]
-        else:
-            problems.append(where(f, f"expected a string or an object with text, got {_type_name(p)}"))
-            continue
-        if text.strip():
+    for _, p, at in object_items(value, "profile", where, problems, strings=True):
+        text = p if isinstance(p, str) else p.get("text")
+        if not isinstance(text, str):
+            problems.append(at("text", "missing" if text is None else f"expected a string, got {_type_name(text)}"))
+        elif text.strip():
             out.append(text)
     return out
 
