@@ -217,7 +217,7 @@ def training_signal(res: Path) -> str:
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))
-                 for run in ("persona", "persona-summary", "lamp-qa-sample")}}
+                 for run in ("persona", "persona-summary")}}
 
 
 def render(readme: str, root: Path = ROOT) -> str:

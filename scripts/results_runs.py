@@ -24,7 +24,10 @@ the run records, and the command). The README's result blocks are generated from
   the learned summary. The generator and transfer's base_policy get the policy's 96 new tokens.
 - `lamp-qa-sample`: the LaMP-QA-format sample (data/sample) with the settings it ran with when it
   was the default: the logprob judge (no aspect of the sample has a machine check), 64 new tokens,
-  every record, checkpoint selection on validation.
+  every record, checkpoint selection on validation. The pipeline tests run these settings on a
+  slice (tests/conftest.py). Not committed (COMMITTED below): its last committed run is in git at
+  9c6fd37. Every change to src/ makes every committed run stale, and on the 2-core host the three
+  runs took ~3 h to regenerate, more than a working session has beside a CI run.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ RUNS = {"persona": [],
                             "transfer.generators.base_policy.max_new_tokens=96"],
         "lamp-qa-sample": ["data.source=data/sample", "judge.method=logprob", "models.policy.max_new_tokens=64",
                            "data.max_records_per_split=null", "train.select_on_validation=true"]}
+# The runs kept in results/ (tests/test_results_provenance.py checks that each is current).
+COMMITTED = ("persona", "persona-summary")
 # A loop's metrics folder that another mode's run may have left in the workspace (not this run's).
 LOOP_FOLDERS = {"nlf", "summary"}
 

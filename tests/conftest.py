@@ -47,7 +47,7 @@ def load_script(name: str):
 
 
 def _lamp_qa_sample() -> dict:
-    """scripts/results_runs.py's `-S` overrides of the committed LaMP-QA sample run, as set_params
+    """scripts/results_runs.py's `-S` overrides of its LaMP-QA sample run, as set_params
     keys: the default is data/persona; the pipeline tests run the LaMP-QA-format sample (data/sample)
     with the settings it runs with there (the logprob judge: no aspect of the sample has a machine
     check; 64 new tokens; checkpoint selection on validation, which the tests check)."""
