@@ -66,3 +66,24 @@ def test_answer_logprobs_equal_an_unbatched_forward_pass(judge_backend):
             logp = torch.log_softmax(judge_backend.model(torch.tensor([ids_p + ids_a])).logits[0].float(), -1)
         want = sum(float(logp[len(ids_p) - 1 + j, t]) for j, t in enumerate(ids_a))
         assert g == pytest.approx(want, abs=1e-3)
+
+
+def test_answers_to_one_prompt_share_its_forward_pass_and_score_as_in_full(judge_backend, monkeypatch):
+    """A preference pair's chosen and rejected (and a user's other pairs) follow one prompt: the
+    prompt, and the JSON start the answers share, are computed once. Scores equal the full path."""
+    from personal_nlf.preferences import answer_json
+
+    q = prompts.rag("How do I start drawing?", ["I sketch on the train.", "I have little money for art supplies."])
+    answers = [answer_json(a) for a in ("Practise ten minutes a day with a small sketchbook.",
+                                        "Buy the most expensive paints.", "Copy a master drawing once a week.",
+                                        "Try it.")]
+    msgs = [q] * len(answers) + [prompts.no_pers("Which paints last longest?")]
+    answers.append("Acrylics.")
+    seqs = [judge_backend.tok(judge_backend.render(m) + a, add_special_tokens=False)["input_ids"]
+            for m, a in zip(msgs, answers)]
+    assert [idx for _, idx in shared_prefix_groups(seqs, hf.MIN_SHARED_PREFIX)][0] == [0, 1, 2, 3]  # the path ran
+    shared = judge_backend.answer_logprobs(msgs, answers)
+    monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 10**9)
+    full = judge_backend.answer_logprobs(msgs, answers)
+    assert shared == pytest.approx(full, abs=1e-3)
+    assert len({round(x, 3) for x in shared}) == len(shared)  # each answer's own tokens were read

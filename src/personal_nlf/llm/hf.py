@@ -232,28 +232,82 @@ class HFBackend(Backend):
         return torch.cat(parts)
 
     def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
+        """Summed log-probability of each answer after its prompt. Answers to one prompt (a
+        preference pair's chosen and rejected, a user's pairs) share the prompt's forward pass
+        (shared_prefix_groups); the rest are batched."""
+        seqs, starts = [], []
+        for p, a in zip(prompts, answers):
+            ids_p = self.tok(self.render(p), add_special_tokens=not self.chat)["input_ids"]
+            ids_a = self.tok(a, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id]
+            ids = (ids_p + ids_a)[-self.role.max_input_tokens:]
+            seqs.append(ids)
+            starts.append(len(ids) - min(len(ids_a), len(ids) - 1))  # where the answer's tokens begin
+        out: list[float | None] = [None] * len(seqs)
+        alone = []
+        for prefix_len, idx in shared_prefix_groups(seqs, MIN_SHARED_PREFIX):
+            if prefix_len:
+                for i, lp in zip(idx, self._answer_logprobs_shared(seqs, starts, idx, prefix_len)):
+                    out[i] = lp
+            else:
+                alone += idx
+        for start in range(0, len(alone), self.role.batch_size):
+            idx = alone[start:start + self.role.batch_size]
+            for i, lp in zip(idx, self._answer_logprobs_batched(seqs, starts, idx)):
+                out[i] = lp
+        return out  # type: ignore[return-value]
+
+    def _answer_logprobs_batched(self, seqs: list[list[int]], starts: list[int], idx: list[int]) -> list[float]:
         import torch
 
-        out: list[float] = []
-        bs = self.role.batch_size
-        for start in range(0, len(prompts), bs):
-            seqs, n_ans = [], []
-            for p, a in zip(prompts[start:start + bs], answers[start:start + bs]):
-                ids_p = self.tok(self.render(p), add_special_tokens=not self.chat)["input_ids"]
-                ids_a = self.tok(a, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id]
-                ids = (ids_p + ids_a)[-self.role.max_input_tokens:]
-                seqs.append(ids)
-                n_ans.append(min(len(ids_a), len(ids) - 1))
-            input_ids, mask = self._pad(seqs)
-            # Left padding: every answer ends at the last position. The token at position i is
-            # predicted by the logits at i - 1, so the last k + 1 positions cover an answer of k.
-            k = max(n_ans) + 1
+        input_ids, mask = self._pad([seqs[i] for i in idx])
+        n_ans = [len(seqs[i]) - starts[i] for i in idx]
+        # Left padding: every answer ends at the last position. The token at position i is
+        # predicted by the logits at i - 1, so the last k + 1 positions cover an answer of k.
+        k = max(n_ans) + 1
+        with torch.inference_mode():
+            logp = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask,
+                                                logits_to_keep=k).logits.float(), dim=-1)
+        out = []
+        for row, n in enumerate(n_ans):
+            targets = input_ids[row, input_ids.shape[1] - n:]
+            out.append(float(logp[row, k - n - 1:k - 1].gather(1, targets[:, None]).sum()))
+        return out
+
+    def _answer_logprobs_shared(self, seqs: list[list[int]], starts: list[int], idx: list[int],
+                                prefix_len: int) -> list[float]:
+        """As _answer_logprobs_batched for sequences sharing their first prefix_len tokens: the
+        prefix (the prompt, and any start the answers share) is computed once and each suffix
+        continues from a copy of its KV cache (right-padded, as _last_logits_shared)."""
+        import torch
+
+        # The prefix's logits from the position before the earliest answer start: an answer token
+        # inside the prefix, or the first one after it, is predicted there.
+        first = min(starts[i] for i in idx)
+        keep_prefix = prefix_len - min(first, prefix_len) + 1
+        prefix = torch.tensor([seqs[idx[0]][:prefix_len]], device=self.device)
+        with torch.inference_mode():
+            res = self.model(input_ids=prefix, use_cache=True, logits_to_keep=keep_prefix)
+        cache, prefix_logits = res.past_key_values, res.logits[0].float()  # positions prefix_len - keep_prefix ..
+        out = []
+        for start in range(0, len(idx), self.role.batch_size):
+            sub = idx[start:start + self.role.batch_size]
+            suffixes = [seqs[i][prefix_len:] for i in sub]
+            input_ids, mask = self._pad(suffixes, side="right")
+            mask = torch.cat([torch.ones(len(sub), prefix_len, dtype=mask.dtype, device=self.device), mask], dim=1)
+            shared = copy.deepcopy(cache)
+            shared.batch_repeat_interleave(len(sub))
             with torch.inference_mode():
-                logp = torch.log_softmax(self.model(input_ids=input_ids, attention_mask=mask,
-                                                    logits_to_keep=k).logits.float(), dim=-1)
-            for row, n in enumerate(n_ans):
-                targets = input_ids[row, input_ids.shape[1] - n:]
-                out.append(float(logp[row, k - n - 1:k - 1].gather(1, targets[:, None]).sum()))
+                logits = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=shared,
+                                    use_cache=True).logits.float()
+            for row, i in enumerate(sub):
+                seq, s = seqs[i], starts[i]
+                # Rows predicting positions s .. len-1: positions s-1 .. prefix_len-1 from the
+                # prefix, prefix_len .. len-2 from the suffix (the last token predicts nothing).
+                from_prefix = prefix_logits[keep_prefix - (prefix_len - s + 1):] if s <= prefix_len else prefix_logits[:0]
+                from_suffix = logits[row, max(s - 1 - prefix_len, 0):len(seq) - 1 - prefix_len]
+                logp = torch.log_softmax(torch.cat([from_prefix, from_suffix]), dim=-1)
+                targets = torch.tensor(seq[s:], device=self.device)
+                out.append(float(logp.gather(1, targets[:, None]).sum()))
         return out
 
     def describe(self) -> dict[str, Any]:
