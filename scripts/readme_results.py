@@ -214,8 +214,19 @@ def training_signal(res: Path) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def pairwise_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_pairwise.md (bench_pairwise.py): the pairwise likelihood pass with the
+    prompt shared by a user's answers and with every sequence in full, side by side."""
+    text = (root / "benchmarks/RESULTS_pairwise.md").read_text()
+    head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command|Policy): (.*)$", text, re.M)[:4]}
+    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+    ratio = next(ln for ln in text.splitlines() if ln.startswith("Shared / full time"))
+    return (f"From `benchmarks/RESULTS_pairwise.md` ({head.get('Date')}, git {head.get('Git revision')}; "
+            f"`{head.get('Command')}`; {head.get('Policy')}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+
+
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
-              "judge_benchmark": judge_benchmark,
+              "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 

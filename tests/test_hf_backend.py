@@ -1,6 +1,10 @@
 """The hf backend's judge and likelihood paths: shared-prefix scoring (the aspects of one answer
 reuse one KV cache) must give the same log-probabilities as scoring every prompt in full."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from personal_nlf import prompts
@@ -79,11 +83,25 @@ def test_answers_to_one_prompt_share_its_forward_pass_and_score_as_in_full(judge
                                         "Try it.")]
     msgs = [q] * len(answers) + [prompts.no_pers("Which paints last longest?")]
     answers.append("Acrylics.")
-    seqs = [judge_backend.tok(judge_backend.render(m) + a, add_special_tokens=False)["input_ids"]
-            for m, a in zip(msgs, answers)]
+    seqs = [judge_backend.tok(judge_backend.render(m), add_special_tokens=False)["input_ids"]
+            + judge_backend.tok(a, add_special_tokens=False)["input_ids"] for m, a in zip(msgs, answers)]
     assert [idx for _, idx in shared_prefix_groups(seqs, hf.MIN_SHARED_PREFIX)][0] == [0, 1, 2, 3]  # the path ran
     shared = judge_backend.answer_logprobs(msgs, answers)
     monkeypatch.setattr(hf, "MIN_SHARED_PREFIX", 10**9)
     full = judge_backend.answer_logprobs(msgs, answers)
     assert shared == pytest.approx(full, abs=1e-3)
     assert len({round(x, 3) for x in shared}) == len(shared)  # each answer's own tokens were read
+
+
+def test_pairwise_benchmark_runs_and_both_paths_agree(embedded_models, tmp_path):
+    """benchmarks/bench_pairwise.py at its smallest: it must keep working, and its two paths must
+    give every pair the same sign (its table reports it)."""
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "pairwise.md"
+    r = subprocess.run([sys.executable, "benchmarks/bench_pairwise.py", "--records", "1", "--repeats", "1",
+                        "--models-dir", str(embedded_models), "--out", str(out)], cwd=repo, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "| shared prompt |" in text and "| full sequences |" in text
+    assert "pairs whose sign differs: 0 of 2" in text
