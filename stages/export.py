@@ -1,5 +1,5 @@
-"""Stage export: the summary mode's learned per-user summaries to exports/ (summaries.jsonl and
-the OpenAI chat format). Modes without summaries (nlf) write an empty export that says why."""
+"""Stage export (pipelines/summary/dvc.yaml): the learned per-user summaries of one iteration of
+the summary loop to exports/ (summaries.jsonl and the OpenAI chat format)."""
 
 from personal_nlf import export, stage, tracking
 
@@ -9,17 +9,12 @@ def last_iteration(params) -> str:
 
 
 def main(args, params):
-    if params.mode != "summary":
-        stage.log.warning("mode %s learns no summaries: exports/ is empty (run `dvc exp run -S mode=summary`)",
-                          params.mode)
-        export.write([], args.out, {"mode": params.mode, "note": "no summaries: mode is not `summary`"})
-        return
     it = params.summary.export_iteration or last_iteration(params)
     if it not in params.nlf.iterations:
         raise stage.StageError(f"summary.export_iteration {it!r} is not an iteration of nlf.iterations "
                                f"({', '.join(params.nlf.iterations)})")
     with tracking.stage_run(params.tracking, "export", {"iteration": it, "summary": params.summary.model_dump()},
-                            {"mode": params.mode, "iteration": it}) as run:
+                            {"loop": "summary", "iteration": it}) as run:
         stats = export.export_iteration(params, args.root, args.prepared, it, args.out)
         stage.log.info("exported %d users (iteration %s) to %s", stats["users"], it, args.out)
         run.log_metrics(stats)
@@ -27,7 +22,7 @@ def main(args, params):
 
 if __name__ == "__main__":
     p = stage.parser(__doc__)
-    p.add_argument("--root", required=True, help="outputs/<mode>")
+    p.add_argument("--root", required=True, help="outputs/summary: the summary loop's iterations")
     p.add_argument("--prepared", required=True)
     p.add_argument("--out", required=True)
     stage.run(main, p)

@@ -1,8 +1,8 @@
 """Stage transfer: the exported summaries on generators never trained with them (transfer.generators:
 the untrained policy, a second embedded model, any OpenAI-compatible endpoint). Each generator
 answers the evaluation split with the user's summary, without personalization (no_pers) and with
-RAG (k = retrieval.k); every answer is judged as in the baselines. Modes without summaries write
-an empty table that says why."""
+RAG (k = retrieval.k); every answer is judged as in the baselines. Stage of
+pipelines/summary/dvc.yaml."""
 
 import json
 from pathlib import Path
@@ -22,11 +22,6 @@ def local_role(role, models_dir: Path, extra_dir: Path):
 
 def main(args, params):
     out, metrics_path = Path(args.out), Path(args.metrics)
-    if params.mode != "summary":
-        stage.log.warning("mode %s learns no summaries: no transfer table", params.mode)
-        write_json_atomic(out / "skipped.json", {"mode": params.mode, "reason": "mode is not `summary`"})
-        write_json_atomic(metrics_path, {"mode": params.mode, "generators": {}})
-        return
     exported = export.load(args.summaries)
     recs = evaluate.load_eval_records(args.prepared, args.index, params.data.domains, params.baselines.eval_split)
     summaries = {er.key: exported[(er.domain, er.record.id)]["summary"] for er in recs
@@ -42,7 +37,7 @@ def main(args, params):
     table = {}
     with tracking.stage_run(params.tracking, "transfer", {"generators": {k: v.model_dump() for k, v in
                                                                          params.transfer.generators.items()}},
-                            {"mode": params.mode}) as run:
+                            {"loop": "summary"}) as run:
         for name, role in params.transfer.generators.items():
             role = local_role(role, Path(args.models_dir), Path(args.extra_models_dir))
             row = {"model": role.model, "backend": role.backend}
@@ -66,7 +61,7 @@ def main(args, params):
                                                    / row["summary"]["prompt_tokens_per_query"], 3)
             table[name] = row
             run.log_metrics({f"{name}.{k}": row[k]["macro"] for k in ("summary", "no_pers", "rag")})
-        write_json_atomic(metrics_path, {"mode": params.mode, "summaries": args.summaries,
+        write_json_atomic(metrics_path, {"summaries": args.summaries,
                                          "split": params.baselines.eval_split, "generators": table})
 
 

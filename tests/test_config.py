@@ -32,6 +32,7 @@ def test_unknown_top_level_key_names_key_and_file(tmp_path):
     ("retrieval:\n  k: ten\n", r"retrieval\.k"),                              # wrong type
     ("models:\n  judge:\n    backend: llamafile\n", r"models\.judge\.backend"),  # bad backend value
     ("data:\n  splits: [train, dev]\n", "unknown split"),
+    ("mode: summary\n", "pipelines/summary/dvc.yaml"),  # summary mode is its own pipeline now
 ])
 def test_a_bad_value_is_refused_naming_its_key(tmp_path, text, named):
     with pytest.raises(ConfigError, match=named):

@@ -1,7 +1,8 @@
-"""dvc.yaml tells DVC the truth: each stage's deps list the files of its script's import closure
-within src/personal_nlf (lazy imports inside functions included), and its params are exactly
-what src/personal_nlf/stage_params.py says the stage reads. Stages come from DVC's own parser,
-once per `mode`, so foreach and `${...}` templating expand exactly as `dvc repro` expands them."""
+"""The pipelines tell DVC the truth: each stage's deps (dvc.yaml and pipelines/summary/dvc.yaml)
+list the files of its script's import closure within src/personal_nlf (lazy imports inside
+functions included), and its params are exactly what src/personal_nlf/stage_params.py says the
+stage reads. Stages come from DVC's own parser, so foreach and `${...}` templating expand exactly
+as `dvc repro` expands them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ SRC = ROOT / "src"
 PKG = "personal_nlf"
 # Deps that are data, models or results, not code: not part of this check.
 DATA_PREFIXES = ("data", "models/", "outputs/", "metrics/", "exports")
+PIPELINES = ("dvc.yaml", "pipelines/summary/dvc.yaml")
 
 
 def module_file(name: str) -> Path | None:
@@ -63,35 +65,41 @@ def closure(script: Path, extra: set[str] = frozenset()) -> set[str]:
     return {str(script.relative_to(ROOT))} | {str(module_file(m).relative_to(ROOT)) for m in seen}
 
 
-def dynamic_imports(argv: list[str], mode: str) -> set[str]:
-    # modes.get() imports the loop by name (importlib): the loop is --loop, else params `mode`.
-    if Path(argv[0]).stem == "iteration" and "--step" in argv:
-        loop = argv[argv.index("--loop") + 1] if "--loop" in argv else mode
-        return {f"{PKG}.modes.{loop}"}
+def dynamic_imports(argv: list[str]) -> set[str]:
+    # modes.get() imports the loop named by --loop (importlib).
+    if Path(argv[0]).stem == "iteration" and "--loop" in argv:
+        return {f"{PKG}.modes.{argv[argv.index('--loop') + 1]}"}
     return set()
 
 
-def dvc_stages(mode: str, tmp_path: Path) -> list[tuple[str, list[str], list[str], list[str]]]:
-    """(name, argv, deps, params) of every stage, with params `mode` set to `mode`."""
+def dvc_stages(tmp_path: Path) -> list[tuple[str, list[str], list[str], list[str]]]:
+    """(name, argv, deps, params) of every stage of both pipelines (a stage of the summary
+    pipeline is named `pipelines/summary/dvc.yaml:<stage>`)."""
     from dvc.repo import Repo
 
-    work = tmp_path / mode
+    work = tmp_path / "repo"
     (work / ".dvc").mkdir(parents=True)
-    shutil.copy(ROOT / "dvc.yaml", work)
-    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    (work / "params.yaml").write_text(yaml.safe_dump({**raw, "mode": mode}))
+    for f in PIPELINES + ("params.yaml",):
+        (work / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / f, work / f)
     out = []
     for s in Repo(str(work), uninitialized=True).index.stages:
         deps = [d.def_path for d in s.deps if not hasattr(d, "params")]
         params = [k for d in s.deps if hasattr(d, "params") for k in d.params]
-        out.append((s.name, shlex.split(s.cmd)[1:], deps, params))
+        file = Path(s.dvcfile.path).relative_to(work).as_posix()
+        out.append((s.name if file == "dvc.yaml" else f"{file}:{s.name}", shlex.split(s.cmd)[1:], deps, params))
     return out
 
 
 @pytest.fixture(scope="module")
 def stages(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("dvc")
-    return {mode: dvc_stages(mode, tmp) for mode in stage_params.MODES}
+    return dvc_stages(tmp_path_factory.mktemp("dvc"))
+
+
+def test_both_pipelines_are_parsed(stages):
+    names = {name for name, *_ in stages}
+    assert {"rollout@1", "offline_rl_evaluate@2", "report"} <= names
+    assert {"pipelines/summary/dvc.yaml:summarize@1", "pipelines/summary/dvc.yaml:export"} <= names
 
 
 def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
@@ -103,42 +111,36 @@ def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
     assert "src/personal_nlf/modes/summary.py" not in files
 
 
-def code_deps(stages) -> dict[tuple[str, str], tuple[set[str], set[str]]]:
-    """(mode, stage) -> (the closure it needs, its code deps in dvc.yaml)."""
-    return {(mode, name): (closure(ROOT / argv[0], dynamic_imports(argv, mode)),
-                           {d for d in deps if not d.startswith(DATA_PREFIXES)})
-            for mode, listed in stages.items() for name, argv, deps, _ in listed if argv[0].startswith("stages/")}
+def code_deps(stages) -> dict[str, tuple[set[str], set[str]]]:
+    """stage -> (the closure it needs, its code deps in its dvc.yaml)."""
+    return {name: (closure(ROOT / argv[0], dynamic_imports(argv)), {d for d in deps if not d.startswith(DATA_PREFIXES)})
+            for name, argv, deps, _ in stages if argv[0].startswith("stages/")}
 
 
 def test_deps_cover_the_import_closure_and_nothing_else(stages):
-    found = code_deps(stages)
-    # A `${mode}` stage's deps cannot vary with mode beyond modes/${mode}.py: any mode's need is fine.
-    union: dict[str, set[str]] = {}
-    for (mode, name), (need, _) in found.items():
-        union.setdefault(name, set()).update(need)
     problems = set()
-    for (mode, name), (need, listed) in found.items():
-        problems |= {f"{name} (mode={mode}): missing dep {f}" for f in need - listed}
-        problems |= {f"{name}: dep {f} is not imported (a folder? list its files)" for f in listed - union[name]}
-    assert not problems, "dvc.yaml deps differ from the import closure:\n" + "\n".join(sorted(problems))
+    for name, (need, listed) in code_deps(stages).items():
+        problems |= {f"{name}: missing dep {f}" for f in need - listed}
+        problems |= {f"{name}: dep {f} is not imported (a folder? list its files)" for f in listed - need}
+    assert not problems, "deps differ from the import closure:\n" + "\n".join(sorted(problems))
 
 
 def test_params_are_what_each_stage_reads(stages):
     problems = set()
-    for mode, listed in stages.items():
-        for name, argv, _, params in listed:
-            if not argv[0].startswith("stages/"):
-                continue
-            want = stage_params.declared_union(argv)
-            problems |= {f"{name} (mode={mode}): declares {k} but never reads it" for k in set(params) - want}
-            problems |= {f"{name} (mode={mode}): reads {k} but does not declare it" for k in want - set(params)}
-    assert not problems, "dvc.yaml params differ from stage_params.reads:\n" + "\n".join(sorted(problems))
+    for name, argv, _, params in stages:
+        if not argv[0].startswith("stages/"):
+            continue
+        want = stage_params.reads(argv)
+        problems |= {f"{name}: declares {k} but never reads it" for k in set(params) - want}
+        problems |= {f"{name}: reads {k} but does not declare it" for k in want - set(params)}
+    assert not problems, "params differ from stage_params.reads:\n" + "\n".join(sorted(problems))
 
 
 def test_vac_reads_nothing_of_summary_mode():
-    argv = ["stages/iteration.py", "--step", "rollout", "--t", "1"]
-    assert not stage_params.reads(argv, "nlf") & {"summary", "models.summarizer", "models.generator"}
-    assert "summary" in stage_params.reads(argv, "summary")
+    vac = ["stages/iteration.py", "--loop", "nlf", "--step", "rollout", "--t", "1"]
+    assert not stage_params.reads(vac) & {"summary", "models.summarizer", "models.generator"}
+    assert "summary" in stage_params.reads(["stages/iteration.py", "--loop", "summary", "--step", "summarize",
+                                            "--t", "1"])
 
 
 def test_guard_passes_declared_keys_and_raises_on_others():
@@ -161,7 +163,7 @@ def test_guard_passes_declared_keys_and_raises_on_others():
 def test_every_stage_script_has_an_entry():
     for script in sorted((ROOT / "stages").glob("*.py")):
         try:
-            stage_params.reads([f"stages/{script.name}", "--step", "init", "--method", "rag"], "nlf")
+            stage_params.reads([f"stages/{script.name}", "--loop", "nlf", "--step", "init", "--method", "rag"])
         except KeyError as e:
             pytest.fail(str(e))
 
@@ -217,13 +219,12 @@ def is_init(argv: list[str]) -> bool:
 
 def test_every_input_a_command_names_is_a_dep(stages):
     problems = set()
-    for mode, listed in stages.items():
-        for name, argv, deps, _ in listed:
-            if is_init(argv):
-                continue  # a loop's init writes iteration 0's empty state; it reads nothing it is given
-            for path in input_paths(argv):
-                if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps):
-                    problems.add(f"{name} (mode={mode}): reads {path} but does not list it in deps")
+    for name, argv, deps, _ in stages:
+        if is_init(argv):
+            continue  # a loop's init writes iteration 0's empty state; it reads nothing it is given
+        for path in input_paths(argv):
+            if not any(path == d or path.startswith(d.rstrip("/") + "/") for d in deps):
+                problems.add(f"{name}: reads {path} but does not list it in deps")
     assert not problems, "\n".join(sorted(problems))
     # The check sees the inputs of every stage that retrieves.
-    assert sum("--index" in argv for listed in stages.values() for _, argv, _, _ in listed) >= 10
+    assert sum("--index" in argv for _, argv, _, _ in stages) >= 10

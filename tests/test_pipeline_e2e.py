@@ -44,7 +44,6 @@ def declared_outs(repo: Path) -> set[str]:
     params = yaml.safe_load((repo / "params.yaml").read_text())
 
     def expand(path: str, item_key=None, item=None) -> str:
-        path = path.replace("${mode}", params["mode"])
         if item_key is not None:
             path = path.replace("${key}", item_key)
             for k, v in (item or {}).items():
@@ -147,11 +146,11 @@ def params_updated(repo: Path, **updates):
 
 
 def status_after(repo: Path, **updates) -> dict:
-    """`dvc status --json` after `updates` to params.yaml, without running anything: the stages
-    `dvc repro` would run, with what changed for each."""
+    """`dvc status --json dvc.yaml` after `updates` to params.yaml, without running anything: the
+    stages `dvc repro` would run (the default pipeline), with what changed for each."""
     with params_updated(repo, **updates):
-        changed = json.loads(dvc("status", "--json", cwd=repo).stdout)
-    assert json.loads(dvc("status", "--json", cwd=repo).stdout) == {}
+        changed = json.loads(dvc("status", "--json", "dvc.yaml", cwd=repo).stdout)
+    assert json.loads(dvc("status", "--json", "dvc.yaml", cwd=repo).stdout) == {}
     return changed
 
 
@@ -178,6 +177,8 @@ def test_changing_k_changes_only_the_stages_that_declare_it(pipeline):
 
 VAC_STEPS = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
 OFFLINE_RL_STEPS = ("rollout", "judge", "train_policy", "evaluate")
+SUMMARY_PIPELINE = "pipelines/summary/dvc.yaml"
+SUMMARY_STEPS = ("summarize", "answer", "rank", "train_summarizer", "train_generator", "evaluate")
 
 
 def loop_stages(t: str, vac=VAC_STEPS, offline_rl=OFFLINE_RL_STEPS) -> set[str]:
@@ -189,34 +190,33 @@ def ran_stages(out) -> set[str]:
 
 
 def test_iterations_are_cached_separately(pipeline):
-    """T is a param: adding iteration 2 runs only iteration 2 (both loops), export and the report;
-    then a changed iteration-2 training param touches only iteration 2's training stages (and
-    export and report, which read all of nlf.iterations). Both read DVC's own view without running
+    """T is a param: adding iteration 2 runs only iteration 2 (both loops) and the report; then a
+    changed iteration-2 training param touches only iteration 2's training stages (and the report,
+    which reads all of nlf.iterations). Both read DVC's own view without running
     (`dvc status`, the stages' declared params): iteration 2 for real took 6.8 min of CI. What it
     would run is iteration 1's code from iteration 1's state (tests/test_nlf.py: the adapters of
     t-1, the per-iteration overrides), and the committed default runs two iterations at this
     commit's code (test_results_provenance.py)."""
     repo = pipeline["repo"]
     two = {"1": {"prev": "0"}, "2": {"prev": "1", "max_steps": 1}}
-    # (export: in mode nlf it only records that there is nothing to export; it reads outputs/nlf.)
     stale = set(status_after(repo, **{"nlf.iterations": two}))
-    assert stale == loop_stages("2") | {"export", "report"}, stale
+    assert stale == loop_stages("2") | {"report"}, stale
     # A changed iteration-2 learning rate, once iteration 2 has run: the stages that declare it
     # (DVC compares exactly the declared params with their locked values).
     readers = stages_declaring(repo, "nlf.iterations.2.learning_rate", **{"nlf.iterations": two})
     assert readers == loop_stages("2", vac=("train_feedback", "train_policy"), offline_rl=("train_policy",)) | {
-        "export", "report"}, readers
+        "report"}, readers
 
 
 def stages_declaring(repo: Path, key: str, **updates) -> set[str]:
-    """The stages whose declared params hold `key` (itself or a section above it), as DVC expands
-    dvc.yaml after `updates` to params.yaml."""
+    """The stages of the default pipeline whose declared params hold `key` (itself or a section
+    above it), as DVC expands dvc.yaml after `updates` to params.yaml."""
     from dvc.dependency.param import ParamsDependency
     from dvc.repo import Repo
 
     with params_updated(repo, **updates), Repo(str(repo)) as r:
-        return {s.name for s in r.index.stages for d in s.deps if isinstance(d, ParamsDependency)
-                for k in d.params if key == k or key.startswith(k + ".")}
+        return {s.name for s in r.index.stages if Path(s.dvcfile.path) == repo / "dvc.yaml"
+                for d in s.deps if isinstance(d, ParamsDependency) for k in d.params if key == k or key.startswith(k + ".")}
 
 
 def test_trained_planner_option(pipeline):
@@ -406,9 +406,10 @@ def test_generation_benchmark_runs(pipeline, tmp_path):
 
 
 def test_summary_mode_end_to_end(pipeline):
-    """`dvc exp run -S mode=summary` on the tiny slice: one iteration with a real GRPO step of the
-    summarizer, the generator's DPO, the export, and the transfer of the exported summaries to
-    the untrained policy and to an OpenAI-compatible server on 127.0.0.1 (`transformers serve`)."""
+    """`dvc exp run pipelines/summary/dvc.yaml` on the tiny slice: one iteration with a real GRPO
+    step of the summarizer, the generator's DPO, the export, and the transfer of the exported
+    summaries to the untrained policy and to an OpenAI-compatible server on 127.0.0.1
+    (`transformers serve`). The default pipeline's baselines are reused from its cache."""
     from personal_nlf import export
     from personal_nlf.data import load_prepared
     from personal_nlf.llm.local_server import serve_local_model
@@ -424,10 +425,11 @@ def test_summary_mode_end_to_end(pipeline):
                 "base_policy": params["models"]["policy"],  # = models.policy: baseline rows reused
                 "served": {"model": model, "backend": "openai", "base_url": url, "max_new_tokens": 12,
                            "batch_size": 4, "timeout_s": 120, "max_retries": 1}}})
-        out = dvc("exp", "run", "-S", "mode=summary", cwd=repo)
+        out = dvc("exp", "run", SUMMARY_PIPELINE, cwd=repo)
     ran = ran_stages(out)
-    assert {f"{s}@1" for s in VAC_STEPS} | {"iter_init", "export", "transfer", "transfer_models", "report"} <= ran
-    assert not {"baseline_no_pers", "baseline_rag", "base_model", "index"} & ran  # unchanged: cached
+    assert ran == {f"{SUMMARY_PIPELINE}:{s}" for s in
+                   [f"{step}@1" for step in SUMMARY_STEPS] + ["summary_init", "export", "transfer", "transfer_models",
+                                                              "report"]}, ran  # baselines etc.: cached
 
     m = json.loads((repo / "metrics/summary/iter_1.json").read_text())
     assert 0.0 <= m["macro"] <= 1.0 and m["n"] == 6 and m["method"] == "summary"
@@ -438,14 +440,14 @@ def test_summary_mode_end_to_end(pipeline):
     assert m["context_reduction_ratio"] == pytest.approx(m["rag_prompt_tokens_per_query"] / m["prompt_tokens_per_query"],
                                                          abs=1e-3)
     it = repo / "outputs/summary/iter_1"
-    stats = json.loads((it / "train_feedback/train_stats.json").read_text())
+    assert sorted(p.name for p in it.iterdir() if p.is_dir()) == sorted(SUMMARY_STEPS)  # its own steps, no refine
+    stats = json.loads((it / "train_summarizer/train_stats.json").read_text())
     assert stats["objective"] == "grpo" and stats["steps"] == 2
     assert all({"reward", "reward_std", "kl", "completions/mean_length"} <= set(h) for h in stats["steps_log"])
-    curve = json.loads((it / "train_feedback/reward_curve.json").read_text())
+    curve = json.loads((it / "train_summarizer/reward_curve.json").read_text())
     assert curve["calls"] and curve["counts"]["summaries"] >= 2 and curve["counts"]["summaries"] % 2 == 0  # G = 2
-    assert (it / "train_feedback/adapter/adapter_config.json").exists()
-    assert (it / "train_policy/adapter/adapter_config.json").exists()  # generator DPO ran
-    assert (it / "refine/skipped.json").exists()
+    assert (it / "train_summarizer/adapter/adapter_config.json").exists()
+    assert (it / "train_generator/adapter/adapter_config.json").exists()  # generator DPO ran
 
     # Export: one line per test user, the documented fields, no narrative, rubric or profile text.
     rows = [json.loads(x) for x in (repo / "exports/summaries.jsonl").read_text().splitlines()]
@@ -468,5 +470,5 @@ def test_summary_mode_end_to_end(pipeline):
     for g in t.values():
         assert g["context_reduction_ratio"] == pytest.approx(
             g["rag"]["prompt_tokens_per_query"] / g["summary"]["prompt_tokens_per_query"], abs=1e-3)
-    report = (repo / "metrics/report.md").read_text()
+    report = (repo / "metrics/summary_report.md").read_text()
     assert "| summary@1 |" in report and "## Transfer" in report and "| served |" in report

@@ -16,8 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 GIB = 1024 ** 3
 
 
-def rows(p, counts):
-    return {r.stage: r for r in plan.estimate(p, counts).rows}
+def rows(p, counts, pipeline="default"):
+    return {r.stage: r for r in plan.estimate(p, counts, pipeline).rows}
 
 
 def small(objective="sft"):
@@ -58,16 +58,17 @@ def test_dpo_train_policy_judges_up_to_one_revision_per_record():
 
 def test_summary_mode_counts_grpo_reward_calls():
     # 2 steps x grad_acc 3 x G 4 = 24 summaries; each gets one answer (48 generations with the
-    # summaries) and 2 judge calls (48); signal judged: 10 records x 2 answers x 2 aspects = 40.
-    p = Params.model_validate({"mode": "summary", "nlf": {"iterations": {"1": {"prev": "0"}}},
+    # summaries) and 2 judge calls (48); answers ranked: 10 records x 2 answers x 2 aspects = 40.
+    p = Params.model_validate({"nlf": {"iterations": {"1": {"prev": "0"}}},
                                "train": {"max_steps": 2, "gradient_accumulation_steps": 3},
                                "summary": {"num_generations": 4, "n_answers": 2}})
     counts = {k: plan.SplitCounts(10, 2.0) for k in ("train", "loop_train", "validation", "test")}
-    r = rows(p, counts)
-    grpo = r["summary@1 train_feedback (GRPO)"]
+    r = rows(p, counts, "summary")
+    grpo = r["summary@1 train_summarizer (GRPO)"]
     assert (grpo.generations, grpo.judge_calls) == (48, 48)
-    assert r["summary@1 judge"].judge_calls == 40
+    assert r["summary@1 rank"].judge_calls == 40
     assert {"transfer base_policy", "transfer gemma3_270m"} <= set(r)
+    assert not any(k.startswith(("vac@", "offline_rl@")) for k in r)  # the default pipeline's loops
 
 
 def test_paper_scale_judge_calls():

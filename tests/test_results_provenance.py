@@ -42,19 +42,22 @@ def test_the_default_run_is_committed_with_its_per_question_files():
     assert (run / "dvc.lock").read_bytes() == (ROOT / "dvc.lock").read_bytes()
 
 
-def out_of_date(repo: Path) -> list[str]:
+def out_of_date(repo: Path, pipeline: str = "dvc.yaml") -> list[str]:
     """What `dvc status` in `repo` (a fresh copy of this commit, no DVC cache) finds out of date
     against its dvc.lock, other than what a fresh clone lacks by design: outputs not in the cache,
     and dependencies that are such outputs (`outputs/`, `models/`). Left are stale code, data and
     params dependencies, changed commands and committed outputs (metrics/, exports/) that differ."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
-    outs = {o["path"] for st in lock.values() for o in st.get("outs", [])}
+    lock_files = [repo / "dvc.lock", repo / results_runs.SUMMARY_PIPELINE.replace("dvc.yaml", "dvc.lock")]
+    locks = [yaml.safe_load(f.read_text())["stages"] for f in lock_files if f.exists()]
+    outs = {o["path"] for lock in locks for st in lock.values() for o in st.get("outs", [])}
 
     def produced(path: str) -> bool:
         return any(path == o or o.startswith(path + "/") or path.startswith(o + "/") for o in outs)
 
     stale = []
-    for name, changes in json.loads(dvc("status", "--json", cwd=repo).stdout).items():
+    # The pipeline's stages and the other pipeline's stages they depend on (the summary pipeline's
+    # run includes the default's prepare, index and baselines).
+    for name, changes in json.loads(dvc("status", "--json", "--with-deps", pipeline, cwd=repo).stdout).items():
         for change in changes:
             if not isinstance(change, dict):
                 stale.append(f"{name}: {change}")
@@ -77,12 +80,14 @@ def test_committed_results_are_up_to_date_with_this_commit(run, tmp_path):
     repo = copy_worktree(tmp_path / "repo")
     if run is not None:
         src = ROOT / "results" / run
-        for name in ("params.yaml", "dvc.lock"):
-            shutil.copy2(src / name, repo / name)
+        for name in ("params.yaml", "dvc.lock", results_runs.SUMMARY_PIPELINE.replace("dvc.yaml", "dvc.lock")):
+            if (src / name).exists():
+                shutil.copy2(src / name, repo / name)
         for folder in ("metrics", "exports"):
-            shutil.rmtree(repo / folder)
-            shutil.copytree(src / folder, repo / folder)
-    stale = out_of_date(repo)
+            shutil.rmtree(repo / folder, ignore_errors=True)
+            if (src / folder).exists():
+                shutil.copytree(src / folder, repo / folder)
+    stale = out_of_date(repo, results_runs.PIPELINE.get(run, "dvc.yaml"))
     assert not stale, (f"{'results/' + run if run else 'the top-level dvc.lock'} is out of date with this commit:\n"
                        + "\n".join(stale[:20]) + "\nregenerate: `python scripts/results_runs.py run <run>` (persona: "
                        "then copy its metrics/, exports/ and dvc.lock to the top level)")
@@ -135,11 +140,13 @@ def test_committed_runs_used_todays_params_with_their_overrides(run, tmp_path):
     assert info["command"].startswith(("dvc exp run", "make repro")) and len(info["git_revision"]) == 40
 
 
-def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypatch):
-    """A summary-mode run in a workspace that earlier ran mode nlf still has metrics/nlf and
-    outputs/nlf: `collect` must not file them under the summary run (and the reverse)."""
+def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, monkeypatch):
+    """A summary-pipeline run in a workspace that earlier ran the default one still has metrics/nlf,
+    outputs/nlf and report.md: `collect` must not file them under the summary run (and the reverse)."""
     clone = tmp_path / "clone"
     files = {"metrics/no_pers.json": "{}", "metrics/nlf/iter_1.json": "{}", "metrics/summary/iter_1.json": "{}",
+             "metrics/report.md": "", "metrics/summary_report.md": "", "exports/summaries.jsonl": "",
+             "pipelines/summary/dvc.lock": "schema: '2.0'\n",
              "outputs/baselines/rag/generations.jsonl": "", "outputs/baselines/rag/predictions/x": "",
              "outputs/nlf/iter_1/evaluate/judge_scores.jsonl": "", "outputs/summary/iter_1/evaluate/summaries.jsonl": "",
              "logs/baseline_rag.log": "t start: x\nt done in 9.0 s\nt start: x\nt done in 3.5 s\n",
@@ -155,12 +162,14 @@ def test_collect_keeps_this_runs_files_and_not_another_modes(tmp_path, monkeypat
     results_runs.collect("persona-summary", clone, 12.5, "test machine")
     out = tmp_path / "repo/results/persona-summary"
     kept = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
-    assert kept == {"metrics/no_pers.json", "metrics/summary/iter_1.json", "metrics/stage_times.json",
-                    "outputs/baselines/rag/generations.jsonl", "outputs/summary/iter_1/evaluate/summaries.jsonl",
-                    "params.yaml", "dvc.lock", "run.json"}
+    assert kept == {"metrics/no_pers.json", "metrics/summary/iter_1.json", "metrics/summary_report.md",
+                    "metrics/stage_times.json", "outputs/baselines/rag/generations.jsonl",
+                    "outputs/summary/iter_1/evaluate/summaries.jsonl", "exports/summaries.jsonl",
+                    "params.yaml", "dvc.lock", "pipelines/summary/dvc.lock", "run.json"}
     assert json.loads((out / "metrics/stage_times.json").read_text())["seconds"] == {"baseline_rag": 3.5}
     assert json.loads((out / "metrics/stage_times.json").read_text())["wall_minutes"] == 12.5
-    assert "-S mode=summary -S summary.reward=popi" in json.loads((out / "run.json").read_text())["command"]
+    assert json.loads((out / "run.json").read_text())["command"].startswith(
+        "dvc exp run pipelines/summary/dvc.yaml -S summary.reward=popi")
 
     results_runs.collect("persona", clone, 1.0, "test machine")
     kept = {str(p.relative_to(tmp_path / "repo/results/persona")) for p in (tmp_path / "repo/results/persona").rglob("*")}

@@ -183,10 +183,10 @@ def test_popi_build_reward_prompts_summary_side_and_question_alone_reference(tmp
     from personal_nlf.config import Params, SummaryConfig
     from personal_nlf.modes import summary as summary_mode
 
-    (tmp_path / "iter_0" / "train_policy").mkdir(parents=True)
-    (tmp_path / "iter_0" / "train_policy" / "state.json").write_text('{"adapter": null}')
-    params = Params(mode="summary", summary=SummaryConfig(reward="popi", preference_beta=1.0))
-    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path)
+    (tmp_path / "iter_0" / "train_generator").mkdir(parents=True)
+    (tmp_path / "iter_0" / "train_generator" / "state.json").write_text('{"adapter": null}')
+    params = Params(summary=SummaryConfig(reward="popi", preference_beta=1.0))
+    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path, loop="summary")
     calls = []
 
     class Generator:
@@ -269,7 +269,7 @@ def summary_rows():
 def test_export_schema_openai_format_and_no_profile_text(tmp_path):
     rows = export.build(summary_rows(), "embedded:smollm2-135m-instruct", "2",
                         profiles={"Art_and_Entertainment/test/u1": PROFILE})
-    export.write(rows, tmp_path, {"mode": "summary"})
+    export.write(rows, tmp_path, {"loop": "summary"})
     lines = [json.loads(x) for x in (tmp_path / "summaries.jsonl").read_text().splitlines()]
     assert len(lines) == 1 and tuple(lines[0]) == export.EXPORT_FIELDS
     row = lines[0]
@@ -416,10 +416,10 @@ def test_judge_reward_aggregates_aspect_scores_through_the_judging_path(tmp_path
     from personal_nlf.llm.base import Backend, Generation
     from personal_nlf.modes import summary as summary_mode
 
-    (tmp_path / "iter_0" / "train_policy").mkdir(parents=True)
-    (tmp_path / "iter_0" / "train_policy" / "state.json").write_text('{"adapter": null}')
-    params = Params(mode="summary", summary=SummaryConfig(reward="judge", budget_tokens=4, length_cost=0.5))
-    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path)
+    (tmp_path / "iter_0" / "train_generator").mkdir(parents=True)
+    (tmp_path / "iter_0" / "train_generator" / "state.json").write_text('{"adapter": null}')
+    params = Params(summary=SummaryConfig(reward="judge", budget_tokens=4, length_cost=0.5))
+    ctx = modes.IterationContext(params, "1", "0", tmp_path, tmp_path, tmp_path, tmp_path, loop="summary")
 
     class Model(Backend):  # generator and judge: the same hf engine in the default
         name = "fake"

@@ -203,7 +203,7 @@ def cmd_plan(args) -> int:
     if scale == "auto":  # counting a hub dataset would download it: use its published sizes
         scale = "lamp-qa" if params.data.source == "alireza7/LaMP-QA" and not Path(params.data.source).exists() else "data"
     counts = plan.counts_lamp_qa(params) if scale == "lamp-qa" else plan.counts_from_data(params)
-    est = plan.estimate(params, counts)
+    est = plan.estimate(params, counts, args.pipeline)
     rates = (args.judge_calls_per_s, args.generations_per_s, args.train_s_per_step)
     gpu = None
     if args.gpus:
@@ -213,7 +213,8 @@ def cmd_plan(args) -> int:
             if not sep or not ref:
                 raise CliError(f"--model-config {item!r}: expected MODEL=PATH (a config.json or its folder)")
             overrides[ref] = path
-        gpu = plan.gpu_plan(params, args.gpus, args.gpu_memory_gb, args.models_dir, overrides, args.kv_seqs)
+        gpu = plan.gpu_plan(params, args.gpus, args.gpu_memory_gb, args.models_dir, overrides, args.kv_seqs,
+                            args.pipeline)
     if args.json:
         out = plan.as_dict(est)
         if gpu is not None:
@@ -226,7 +227,7 @@ def cmd_plan(args) -> int:
         print(json.dumps(out, indent=1))
     else:
         source = "LaMP-QA's published sizes" if scale == "lamp-qa" else params.data.source
-        print(f"plan for {args.params} (mode {params.mode}, {len(params.nlf.iterations)} iterations, data: {source})")
+        print(f"plan for {args.params} ({args.pipeline} pipeline, {len(params.nlf.iterations)} iterations, data: {source})")
         print(plan.render(est, *rates))
         if gpu is not None:
             row_hours = ({r.stage: plan.hours(r, *rates) for r in est.rows} if any(rates) else None)
@@ -294,11 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_apply)
     pl = sub.add_parser("plan", help="model calls, GPU memory and hours per stage (size a run before starting it)",
                         description="Count the generations, judge calls and training steps every stage of "
-                                    "`dvc repro` will make with these params, from the data's record and rubric "
+                                    "`dvc repro` (--pipeline summary: `dvc repro pipelines/summary/dvc.yaml`) will "
+                                    "make with these params, from the data's record and rubric "
                                     "counts (or LaMP-QA's published sizes with --scale lamp-qa). With --gpus: the "
                                     "models each stage holds at once, their weights, KV cache and training memory "
                                     "per GPU; exit 1 naming the first stage and role that cannot fit.")
     pl.add_argument("--params", default="params.yaml")
+    pl.add_argument("--pipeline", choices=["default", "summary"], default="default",
+                    help="default: dvc.yaml (baselines, VAC, offline RL); summary: pipelines/summary/dvc.yaml")
     pl.add_argument("--scale", choices=["auto", "data", "lamp-qa"], default="auto",
                     help="data: count data.source (after the caps); lamp-qa: the full benchmark's sizes; "
                          "auto (default): lamp-qa when data.source is the hub's alireza7/LaMP-QA, else data")

@@ -263,7 +263,6 @@ class TrackingConfig(Section):
 
 class Params(Section):
     seed: int = 42
-    mode: Literal["nlf", "summary"] = "nlf"
     data: DataConfig = DataConfig()
     base_model: BaseModelsConfig = BaseModelsConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -298,6 +297,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         raise ConfigError(f"{path}: params file not found") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if isinstance(raw, dict) and "mode" in raw:
+        raise ConfigError(f"{path}: key 'mode' is gone: summary mode is its own pipeline, run it with "
+                          "`dvc repro pipelines/summary/dvc.yaml` (README); remove the key")
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

@@ -61,7 +61,7 @@ def load(path: str | Path) -> dict[tuple[str, str], dict]:
     """(domain, id) -> export row, every line checked."""
     path = Path(path)
     if not path.exists():
-        raise ExportError(f"{path}: no such file (run `dvc exp run -S mode=summary`, or `personal-nlf export`)")
+        raise ExportError(f"{path}: no such file (run `dvc repro pipelines/summary/dvc.yaml`, or `personal-nlf export`)")
     out: dict[tuple[str, str], dict] = {}
     for n, row in numbered_jsonl(path, error=ExportError):
         for field in ("id", "domain", "summary"):
@@ -94,6 +94,6 @@ def export_iteration(params, root: str | Path, prepared: str | Path, iteration: 
             for rec in load_prepared(prepared, domain, split):
                 profiles[f"{domain}/{split}/{rec.id}"] = [p.text for p in rec.profile]
     out = build(rows, params.models.summarizer.model, iteration, profiles)
-    write(out, out_dir, {"mode": params.mode, "iteration": iteration, "split": rows[0]["split"] if rows else None,
+    write(out, out_dir, {"loop": "summary", "iteration": iteration, "split": rows[0]["split"] if rows else None,
                          "summarizer": params.models.summarizer.model_dump(), "summary": params.summary.model_dump()})
     return {"users": len(out), "mean_summary_tokens": round(sum(r["summary_tokens"] for r in out) / max(1, len(out)), 1)}

@@ -3,13 +3,15 @@ params and, with `--gpus`, which models each stage holds at once and whether the
 
 Counts come from the data (records per split and mean rubric aspects, after the params' caps) or,
 with `--scale lamp-qa`, from the benchmark's published sizes. The cost model is the pipeline's own
-arithmetic, stage by stage (see dvc.yaml):
+arithmetic, stage by stage, for the default pipeline (dvc.yaml: baselines, VAC, offline RL) or,
+with `--pipeline summary`, the summary one (pipelines/summary/dvc.yaml: baselines, summary loop,
+transfer):
 
   VAC iteration      rollout R  +  signal R*N  +  refine R*N  generations;  judge R*(N+1)*A_tr calls;
                      train_policy 2R generations (phi(t) writes one feedback per answer, pi(t-1)
                      revises once), with objective dpo + up to R*A_tr judge calls (each revision judged)
   offline-RL iter.   rollout R*N generations;  judge R*N*A_tr calls
-  summary iteration  rollout R summaries + signal R*n_answers answers, judge R*n_answers*A_tr;
+  summary iteration  summarize R summaries + answer R*n_answers answers, rank R*n_answers*A_tr;
                      GRPO: steps*grad_acc*G summaries, each rewarded by 1 answer + A_tr judge calls
   training           + validation selection: checkpoints * (V generations + V*A_val judge calls)
   evaluate           E generations + E*A_test judge calls (each baseline, each iteration)
@@ -109,7 +111,7 @@ def counts_lamp_qa(params: Params) -> dict[str, SplitCounts]:
     return out
 
 
-def estimate(params: Params, counts: dict[str, SplitCounts]) -> Plan:
+def estimate(params: Params, counts: dict[str, SplitCounts], pipeline: str = "default") -> Plan:
     plan = Plan(counts=counts)
     p = params
     tr, val, ev = counts["loop_train"], counts["validation"], counts[p.baselines.eval_split]
@@ -133,7 +135,7 @@ def estimate(params: Params, counts: dict[str, SplitCounts]) -> Plan:
 
     for t, it in p.nlf.iterations.items():
         steps = it.max_steps or p.train.max_steps
-        if p.mode == "nlf":
+        if pipeline == "default":
             plan.add(f"vac@{t} rollout", R)
             plan.add(f"vac@{t} signal", R * N, note=f"N={N} feedbacks per answer")
             plan.add(f"vac@{t} refine", R * N)
@@ -144,31 +146,31 @@ def estimate(params: Params, counts: dict[str, SplitCounts]) -> Plan:
             training(f"vac@{t} train_policy", steps, select=True, gens=2 * R, judge=R * tr.aspects if dpo else 0,
                      note="2R: a feedback by phi(t) + a revision per record" + (", <=R revisions judged" if dpo else ""))
             evaluate(f"vac@{t} evaluate")
+            # The offline-RL baseline runs beside VAC, with the same N and budget.
+            plan.add(f"offline_rl@{t} rollout", R * N)
+            plan.add(f"offline_rl@{t} judge", judge_calls=R * N * tr.aspects)
+            training(f"offline_rl@{t} train_policy", steps, select=True)
+            evaluate(f"offline_rl@{t} evaluate")
         else:
             s = p.summary
             G, acc = s.num_generations, p.train.gradient_accumulation_steps
-            plan.add(f"summary@{t} rollout", R, note="one summary per train record")
-            plan.add(f"summary@{t} signal", R * s.n_answers)
-            plan.add(f"summary@{t} judge", judge_calls=R * s.n_answers * tr.aspects)
+            plan.add(f"summary@{t} summarize", R, note="one summary per train record")
+            plan.add(f"summary@{t} answer", R * s.n_answers)
+            plan.add(f"summary@{t} rank", judge_calls=R * s.n_answers * tr.aspects)
             # training.train sets per_device_train_batch_size = G and TRL samples per_device_batch *
             # grad_acc completions per optimizer step (one process): steps * acc * G summaries.
             grpo_summaries = steps * acc * G
             if s.reward == "judge":
-                plan.add(f"summary@{t} train_feedback (GRPO)", 2 * grpo_summaries, grpo_summaries * tr.aspects, steps,
+                plan.add(f"summary@{t} train_summarizer (GRPO)", 2 * grpo_summaries, grpo_summaries * tr.aspects, steps,
                          f"{grpo_summaries} summaries (G={G}), one answer + A judge calls each")
             else:
-                plan.add(f"summary@{t} train_feedback (GRPO)", grpo_summaries, 0, steps,
+                plan.add(f"summary@{t} train_summarizer (GRPO)", grpo_summaries, 0, steps,
                          f"{grpo_summaries} summaries; no judge: rewards.PreferenceReward scores 2 answers "
                          "per summary (+2 without it, once per record)")
             if s.train_generator:
-                training(f"summary@{t} train_policy (DPO)", steps, select=False)
+                training(f"summary@{t} train_generator (DPO)", steps, select=False)
             evaluate(f"summary@{t} evaluate", extra_gens=ev.records)  # + a summary per user
-        # The offline-RL baseline runs beside either mode, with the same N and budget.
-        plan.add(f"offline_rl@{t} rollout", R * N)
-        plan.add(f"offline_rl@{t} judge", judge_calls=R * N * tr.aspects)
-        training(f"offline_rl@{t} train_policy", steps, select=True)
-        evaluate(f"offline_rl@{t} evaluate")
-    if p.mode == "summary":
+    if pipeline == "summary":
         for name in p.transfer.generators:
             # stages/transfer.py answers with 3 methods per generator: summary, no_pers, rag.
             plan.add(f"transfer {name}", 3 * ev.records, 3 * ev.records * ev.aspects, note="summary, no_pers, rag")
@@ -381,7 +383,7 @@ def _dedupe(loads: list[Load]) -> list[Load]:
     return out
 
 
-def phases(params: Params) -> list[Phase]:
+def phases(params: Params, pipeline: str = "default") -> list[Phase]:
     """Models resident at once, per stage and phase, as the stage code holds them. A stage's
     evaluate.BackendPool releases what the next phase does not use (keep_only): evaluation answers,
     then judges; VAC's train_policy frees phi(t) before pi(t-1) revises; training starts after the
@@ -423,7 +425,7 @@ def phases(params: Params) -> list[Phase]:
         prev = it.prev
         steps = it.max_steps or p.train.max_steps
         validate = select and math.ceil(steps / p.train.save_steps) > 1
-        if p.mode == "nlf":
+        if pipeline == "default":
             pi, phi = adapter("pi", prev), adapter("phi", prev)
             phi_t = f"phi({t})" if p.nlf.train_feedback else None  # frozen: phi stays the base model
             s = f"vac@{t}"
@@ -444,30 +446,30 @@ def phases(params: Params) -> list[Phase]:
                 add(f"{s} train_policy", "validation judge", judge)
             add(f"{s} evaluate", "answer", gen("policy", f"pi({t})"))
             add(f"{s} evaluate", "judge", judge)
+            o, pi = f"offline_rl@{t}", adapter("pi_rl", prev)
+            add(f"{o} rollout", "N answers", gen("policy", pi))
+            add(f"{o} judge", "judge", judge)
+            add(f"{o} train_policy", "train", train("policy", p.train.objective))
+            if validate:
+                add(f"{o} train_policy", "validation answer", gen("policy", "checkpoint"))
+                add(f"{o} train_policy", "validation judge", judge)
+            add(f"{o} evaluate", "answer", gen("policy", f"pi_rl({t})"))
+            add(f"{o} evaluate", "judge", judge)
         else:
             gp, sp = adapter("gen", prev), adapter("sum", prev)
             s = f"summary@{t}"
-            add(f"{s} rollout", "summaries", gen("summarizer", sp))
-            add(f"{s} signal", "answers", gen("generator", gp))
-            add(f"{s} judge", "judge", judge)
-            # modes/summary.train_feedback: the reward's generator (+ judge) beside the GRPO trainer.
+            add(f"{s} summarize", "summaries", gen("summarizer", sp))
+            add(f"{s} answer", "answers", gen("generator", gp))
+            add(f"{s} rank", "judge", judge)
+            # modes/summary.train_summarizer: the reward's generator (+ judge) beside the GRPO trainer.
             reward = [gen("generator", gp)] + ([judge] if p.summary.reward == "judge" else [])
-            add(f"{s} train_feedback (GRPO)", "train", *reward, train("summarizer", "grpo"))
+            add(f"{s} train_summarizer (GRPO)", "train", *reward, train("summarizer", "grpo"))
             if p.summary.train_generator:
-                add(f"{s} train_policy (DPO)", "train", train("generator", "dpo"))
+                add(f"{s} train_generator (DPO)", "train", train("generator", "dpo"))
             add(f"{s} evaluate", "summaries", gen("summarizer", f"sum({t})"))
             add(f"{s} evaluate", "answer", gen("generator", f"gen({t})"))
             add(f"{s} evaluate", "judge", judge)
-        o, pi = f"offline_rl@{t}", adapter("pi_rl", prev)
-        add(f"{o} rollout", "N answers", gen("policy", pi))
-        add(f"{o} judge", "judge", judge)
-        add(f"{o} train_policy", "train", train("policy", p.train.objective))
-        if validate:
-            add(f"{o} train_policy", "validation answer", gen("policy", "checkpoint"))
-            add(f"{o} train_policy", "validation judge", judge)
-        add(f"{o} evaluate", "answer", gen("policy", f"pi_rl({t})"))
-        add(f"{o} evaluate", "judge", judge)
-    if p.mode == "summary":
+    if pipeline == "summary":
         for name, role in p.transfer.generators.items():
             add(f"transfer {name}", "answer", gen(name, role=role))
             add(f"transfer {name}", "judge", judge)
@@ -583,13 +585,13 @@ class PhasePlan:
 
 
 def gpu_plan(params: Params, gpus: int, gpu_gib: float, models_dir=None, overrides=None,
-             kv_seqs: int | None = None) -> list[PhasePlan]:
+             kv_seqs: int | None = None, pipeline: str = "default") -> list[PhasePlan]:
     """Each phase's models on the GPUs. In-process engines (vLLM `LLM`, hf models) all start on
     device 0, so what a phase holds at once adds up on GPU 0; further GPUs serve only tensor-parallel
     shards and training processes. The first load that overflows a GPU names the failure."""
     shapes: dict[str, Shape] = {}
     out = []
-    for ph in phases(params):
+    for ph in phases(params, pipeline):
         needs = []
         for ld in ph.loads:
             if ld.model not in shapes:

@@ -105,7 +105,7 @@ def run(main: Callable[[argparse.Namespace, Params], None], p: argparse.Argument
         seed_everything(params.seed)
         if os.environ.get("PERSONAL_NLF_PARAMS_GUARD") == "1" and stage_params.is_stage(sys.argv):
             # Reading a params key the stage does not declare in dvc.yaml raises (on in the tests).
-            params = stage_params.guard(params, stage_params.reads(sys.argv, params.mode))
+            params = stage_params.guard(params, stage_params.reads(sys.argv))
         main(args, params)
     except USER_ERRORS + (StageError,) as e:
         if file_handler:  # the one-line error goes to the log too, not twice to the terminal

@@ -1,14 +1,11 @@
 """Which params each stage reads, in one table, and a guard that holds stages to it.
 
-`reads(argv, mode)` gives the dotted params keys that the stage started with `argv` (its
-`python stages/<x>.py ...` command line) reads. tests/test_dvc_graph.py checks that dvc.yaml's
-`params` of every stage equals this set, so `dvc exp run -S key=value` reruns exactly the stages
-whose result can change. `guard(params, keys)` wraps the validated Params so that reading an
-undeclared key raises `UndeclaredParamError` (on with PERSONAL_NLF_PARAMS_GUARD=1, see stage.run).
-
-The loop stages of dvc.yaml run the loop named by the `mode` param (`${mode}` templating); DVC
-cannot make a stage's params list depend on a param's value, so dvc.yaml declares for them the
-union over the modes, while `reads` (and so the guard) gives what the running mode reads.
+`reads(argv)` gives the dotted params keys that the stage started with `argv` (its
+`python stages/<x>.py ...` command line) reads. tests/test_dvc_graph.py checks that the `params` of
+every stage of both pipelines (dvc.yaml, pipelines/summary/dvc.yaml) equal this set, so `dvc exp
+run -S key=value` reruns exactly the stages whose result can change. `guard(params, keys)` wraps
+the validated Params so that reading an undeclared key raises `UndeclaredParamError` (on with
+PERSONAL_NLF_PARAMS_GUARD=1, see stage.run).
 """
 
 from __future__ import annotations
@@ -18,11 +15,9 @@ from typing import Any
 
 # Never a DVC param: MLflow logging changes no stage output.
 EXEMPT = frozenset({"tracking"})
-MODES = ("nlf", "summary")
 
 _BASELINE = {"seed", "data.domains", "models.policy", "models.judge", "judge", "baselines"}
 _LOOP_COMMON = {"seed", "data.domains", "nlf.max_train_records_per_domain"}
-_SUMMARY = {"summary", "models.summarizer", "models.generator"}
 # Per loop and step; "{t}" is the iteration (--t).
 _STEPS: dict[str, dict[str, set[str]]] = {
     "nlf": {
@@ -44,22 +39,30 @@ _STEPS: dict[str, dict[str, set[str]]] = {
         "evaluate": {"seed", "data.domains", "models.policy", "models.judge", "judge", "baselines"},
     },
 }
-# Summary mode: the same skeleton as VAC (refine does nothing) plus its own section and roles.
-_STEPS["summary"] = {s: k | _SUMMARY if s != "refine" else k for s, k in _STEPS["nlf"].items()}
-# The summarizer's GRPO reward judges the generator's answers; evaluation compares with RAG at k.
-_STEPS["summary"]["train_feedback"] |= {"models.judge", "judge"}
-_STEPS["summary"]["evaluate"] |= {"retrieval.k"}
+# Summary mode: every step reads its section; the summarizer's GRPO reward judges the generator's
+# answers; evaluation compares the context with RAG's at k.
+_SUMMARY = _LOOP_COMMON | {"summary"}
+_STEPS["summary"] = {
+    "summarize": _SUMMARY | {"models.summarizer"},
+    "answer": _SUMMARY | {"models.generator"},
+    "rank": _SUMMARY | {"models.judge", "judge"},
+    "train_summarizer": _SUMMARY | {"models.summarizer", "models.generator", "models.judge", "judge", "train",
+                                    "nlf.iterations.{t}"},
+    "train_generator": _SUMMARY | {"models.generator", "train", "nlf.iterations.{t}"},
+    "evaluate": _SUMMARY | {"models.summarizer", "models.generator", "models.judge", "judge", "baselines",
+                            "retrieval.k"},
+}
 
 
 def _flag(argv: list[str], name: str) -> str | None:
     return argv[argv.index(name) + 1] if name in argv else None
 
 
-def reads(argv: list[str], mode: str) -> set[str]:
-    """Params keys read by the stage `python <argv...>` when params `mode` is `mode`."""
+def reads(argv: list[str]) -> set[str]:
+    """Params keys read by the stage `python <argv...>`."""
     script = Path(argv[0]).stem
     if script == "base_model":
-        return {"mode", "base_model", "transfer"} if "--for-transfer" in argv else {"base_model"}
+        return {"base_model", "transfer"} if "--for-transfer" in argv else {"base_model"}
     if script == "prepare":
         return {"data"}
     if script == "index":
@@ -70,18 +73,18 @@ def reads(argv: list[str], mode: str) -> set[str]:
         return {"seed", "data.domains", "models.planner", "train", "planner_sft"}
     if script == "iteration":
         loop, step = _flag(argv, "--loop"), _flag(argv, "--step")
-        if step == "init":  # the untrained models: only which loop (params `mode` unless --loop)
-            return set() if loop else {"mode"}
-        keys = _STEPS[loop or mode][step]
+        if step == "init":  # the untrained models
+            return set()
+        keys = _STEPS[loop][step]
         if "nlf.iterations.{t}" not in keys:  # every step looks up which iteration it continues
             keys = keys | {"nlf.iterations.{t}.prev"}
-        return {k.format(t=_flag(argv, "--t")) for k in keys} | (set() if loop else {"mode"})
+        return {k.format(t=_flag(argv, "--t")) for k in keys}
     if script == "export":
-        return {"mode", "nlf.iterations", "summary", "models.summarizer"}
+        return {"nlf.iterations", "summary", "models.summarizer"}
     if script == "transfer":
-        return _BASELINE | {"mode", "transfer"}
+        return _BASELINE | {"transfer"}
     if script == "report":
-        return {"seed", "mode", "nlf.iterations", "data.source", "models.policy.model", "models.judge.model",
+        return {"seed", "nlf.iterations", "data.source", "models.policy.model", "models.judge.model",
                 "judge.method", "baselines.eval_split"}
     raise KeyError(f"stage script {script!r} has no entry in stage_params.reads")
 
@@ -93,11 +96,6 @@ STAGE_SCRIPTS = {"base_model", "prepare", "index", "baseline", "train_planner", 
 def is_stage(argv: list[str]) -> bool:
     """Whether `argv` runs one of the pipeline's stage scripts (others, e.g. test drivers, are not guarded)."""
     return Path(argv[0]).stem in STAGE_SCRIPTS and Path(argv[0]).parent.name == "stages"
-
-
-def declared_union(argv: list[str]) -> set[str]:
-    """What dvc.yaml must declare: a `${mode}` stage can run any mode's loop."""
-    return set().union(*(reads(argv, m) for m in MODES))
 
 
 class UndeclaredParamError(RuntimeError):  # not AttributeError: hasattr() must not hide it

@@ -219,17 +219,25 @@ class HFBackend(Backend):
         for start in range(0, len(idx), self.role.batch_size):
             sub = idx[start:start + self.role.batch_size]
             suffixes = [seqs[i][prefix_len:] for i in sub]
-            input_ids, mask = self._pad(suffixes, side="right")
-            mask = torch.cat([torch.ones(len(sub), prefix_len, dtype=mask.dtype, device=self.device), mask], dim=1)
             last = torch.tensor([len(x) - 1 for x in suffixes], device=self.device)
             keep = torch.unique(last)  # logits only where some row ends
-            shared = copy.deepcopy(cache)
-            shared.batch_repeat_interleave(len(sub))
-            with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=shared, use_cache=True,
-                                    logits_to_keep=keep).logits
+            logits = self._continue_from(cache, prefix_len, suffixes, logits_to_keep=keep)
             parts.append(logits[torch.arange(len(sub), device=self.device), torch.searchsorted(keep, last)])
         return torch.cat(parts)
+
+    def _continue_from(self, cache, prefix_len: int, suffixes: list[list[int]], logits_to_keep=0):
+        """Logits of each suffix continuing one prefix's KV cache (copied per batch, which the
+        forward pass extends in place). Suffixes are right-padded: row r's position j is its j-th
+        token. logits_to_keep as in transformers (0: every position)."""
+        import torch
+
+        input_ids, mask = self._pad(suffixes, side="right")
+        mask = torch.cat([torch.ones(len(suffixes), prefix_len, dtype=mask.dtype, device=self.device), mask], dim=1)
+        shared = copy.deepcopy(cache)
+        shared.batch_repeat_interleave(len(suffixes))
+        with torch.inference_mode():
+            return self.model(input_ids=input_ids, attention_mask=mask, past_key_values=shared, use_cache=True,
+                              logits_to_keep=logits_to_keep).logits
 
     def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
         """Summed log-probability of each answer after its prompt. Answers to one prompt (a
@@ -291,14 +299,7 @@ class HFBackend(Backend):
         out = []
         for start in range(0, len(idx), self.role.batch_size):
             sub = idx[start:start + self.role.batch_size]
-            suffixes = [seqs[i][prefix_len:] for i in sub]
-            input_ids, mask = self._pad(suffixes, side="right")
-            mask = torch.cat([torch.ones(len(sub), prefix_len, dtype=mask.dtype, device=self.device), mask], dim=1)
-            shared = copy.deepcopy(cache)
-            shared.batch_repeat_interleave(len(sub))
-            with torch.inference_mode():
-                logits = self.model(input_ids=input_ids, attention_mask=mask, past_key_values=shared,
-                                    use_cache=True).logits.float()
+            logits = self._continue_from(cache, prefix_len, [seqs[i][prefix_len:] for i in sub]).float()
             for row, i in enumerate(sub):
                 seq, s = seqs[i], starts[i]
                 # Rows predicting positions s .. len-1: positions s-1 .. prefix_len-1 from the

@@ -1,10 +1,11 @@
-"""Training modes behind one small interface.
+"""Training loops behind one small interface.
 
-A loop is a module with `STEPS: dict[str, Callable[[IterationContext], dict]]`, one function per
-per-iteration DVC stage (see dvc.yaml), plus `init(ctx)` for iteration 0. The stage script
-`stages/iteration.py` runs the loop of the configured `mode` (`nlf`: VAC; `summary`: POPI-style
-summaries trained with GRPO), or `--loop offline_rl`, the scalar-reward baseline that runs beside it; `loop.py` holds what the loops share. Adding a
-mode means adding one module here and its name to `config.Params.mode`.
+A loop is a module with `STEPS: dict[str, Callable[[IterationContext], dict]]`, its own steps, one
+per per-iteration DVC stage, plus `init(ctx)` for iteration 0. `stages/iteration.py --loop L
+--step S` runs one step: `nlf` (VAC) and `offline_rl` (the scalar-reward baseline beside it) in
+dvc.yaml, `summary` (POPI-style summaries trained with GRPO) in pipelines/summary/dvc.yaml.
+`loop.py` holds what the loops share. Adding a loop means adding one module here, its name to
+LOOPS, and its stages to a pipeline.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from ..config import Params, RoleConfig, TrainConfig
 
 log = logging.getLogger("personal_nlf")
 
-STEP_NAMES = ("rollout", "signal", "refine", "judge", "train_feedback", "train_policy", "evaluate")
-LOOPS = ("nlf", "offline_rl")
+LOOPS = ("nlf", "offline_rl", "summary")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class IterationContext:
     params: Params
     t: str  # this iteration ("0" = the untrained starting point)
     prev: str | None
-    root: Path  # outputs/<mode>
+    root: Path  # outputs/<loop>
     prepared: Path
     index: Path
     models_dir: Path
@@ -46,7 +46,7 @@ class IterationContext:
         return self.root / f"iter_{self.t}" / f".{step}.{name}.partial"
 
     def adapter(self, which: str, t: str | None = None) -> str | None:
-        """Adapter of iteration t for `policy` or `feedback` (None = base model)."""
+        """Adapter of iteration t (default: prev) for the model train_<which> trains (None = base model)."""
         state = json.loads((self.dir(f"train_{which}", t if t is not None else self.prev) / "state.json").read_text())
         return state["adapter"]
 
@@ -59,8 +59,7 @@ class IterationContext:
         return self.params.train.model_copy(update=overrides)
 
 
-def get(mode: str):
-    try:
-        return importlib.import_module(f"{__name__}.{mode}")
-    except ModuleNotFoundError:
-        raise ValueError(f"unknown mode {mode!r}") from None
+def get(loop: str):
+    if loop not in LOOPS:
+        raise ValueError(f"unknown loop {loop!r} (loops: {', '.join(LOOPS)})")
+    return importlib.import_module(f"{__name__}.{loop}")

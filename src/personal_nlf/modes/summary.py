@@ -1,23 +1,21 @@
-"""Mode `summary`: POPI-style preference summaries trained with GRPO.
+"""Mode `summary`: POPI-style preference summaries trained with GRPO (pipelines/summary/dvc.yaml).
 
 A summarizer reads a user's profile only (no question by default: one summary per user, reusable
 for any later question; summary.condition) and writes a short preference summary. A generator
 answers the question from that summary alone, no raw profile, so the context shrinks.
 
-Per iteration t (from prev = t-1), on the same stage skeleton as `nlf` (the stage names are VAC's;
-here `train_feedback` trains the summarizer and `train_policy` the generator):
-  rollout         summarizer(t-1) writes one summary per train record (greedy)
-  signal          generator(t-1) samples N answers per record given the summary
-  refine          (no refine step in this mode: the stage records that and does nothing)
-  judge           the judge scores the N answers on the rubric; best > worst is the record's
-                  preference pair (ties: first sampled is best, last sampled is worst)
-  train_feedback  GRPO (TRL GRPOTrainer + LoRA) of the summarizer: G summaries per record, reward
-                  = judge score of generator(t-1)'s answer given each summary, or POPI's
-                  preference reward on the pair (rewards.py), minus a length cost; KL (summary.kl_beta) to the
-                  summarizer this iteration starts from (iteration 1: the untrained one)
-  train_policy    LoRA DPO of the generator on its pairs given the summary (summary.train_generator)
-  evaluate        summarizer(t) writes the evaluation split's summaries; generator(t) answers from
-                  them; judged; context reduction against RAG with k = retrieval.k
+Per iteration t (from prev = t-1), one DVC stage per step:
+  summarize         summarizer(t-1) writes one summary per train record (greedy)
+  answer            generator(t-1) samples N answers per record given the summary
+  rank              the judge scores the N answers on the rubric; best > worst is the record's
+                    preference pair (ties: first sampled is best, last sampled is worst)
+  train_summarizer  GRPO (TRL GRPOTrainer + LoRA) of the summarizer: G summaries per record, reward
+                    = judge score of generator(t-1)'s answer given each summary, or POPI's
+                    preference reward on the pair (rewards.py), minus a length cost; KL (summary.kl_beta)
+                    to the summarizer this iteration starts from (iteration 1: the untrained one)
+  train_generator   LoRA DPO of the generator on its pairs given the summary (summary.train_generator)
+  evaluate          summarizer(t) writes the evaluation split's summaries; generator(t) answers from
+                    them; judged; context reduction against RAG with k = retrieval.k
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from collections import Counter
 from functools import lru_cache
 
 from .. import evaluate, models, preferences, prompts, training
-from .. import judge as judge_lib  # `judge` is this mode's judge step
+from .. import judge as judge_lib
 from ..io import read_jsonl, stable_hash, write_json_atomic, write_jsonl_atomic
 from ..judge import label_mass_summary, outcome_counts
 from ..llm import render_plain, sampling_for
@@ -39,7 +37,7 @@ from .loop import by_key, fit_last, rank_samples, run_role, sample_answers, trai
 
 log = logging.getLogger("personal_nlf")
 
-SUMMARIZER, GENERATOR = "feedback", "policy"  # which train_<x> folder holds each model's adapter
+SUMMARIZER, GENERATOR = "summarizer", "generator"  # iteration t's adapters: train_<role>/state.json
 
 
 # ---------------------------------------------------------------- helpers
@@ -119,42 +117,35 @@ def init(ctx: IterationContext) -> dict:
     return {}
 
 
-def rollout(ctx: IterationContext) -> dict:
-    rows = write_summaries(ctx, train_records(ctx), ctx.adapter(SUMMARIZER), "rollout")
-    write_jsonl_atomic(ctx.dir("rollout") / "summaries.jsonl", rows)
+def summarize(ctx: IterationContext) -> dict:
+    rows = write_summaries(ctx, train_records(ctx), ctx.adapter(SUMMARIZER), "summarize")
+    write_jsonl_atomic(ctx.dir("summarize") / "summaries.jsonl", rows)
     return {"summaries": len(rows), "mean_summary_tokens": round(sum(r["summary_tokens"] for r in rows) / len(rows), 1),
             "scrubbed_spans": sum(r["scrubbed_spans"] for r in rows)}
 
 
-def signal(ctx: IterationContext) -> dict:
+def answer(ctx: IterationContext) -> dict:
     recs = train_records(ctx)
-    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    summaries = by_key(read_jsonl(ctx.dir("summarize") / "summaries.jsonl"))
     items = [(er.key, prompts.summary_answer(er.record.question, summaries[er.key]["summary"])) for er in recs]
-    rows = sample_answers(ctx, recs, "generator", ctx.adapter(GENERATOR), items, "signal", ctx.params.summary.n_answers,
+    rows = sample_answers(ctx, recs, "generator", ctx.adapter(GENERATOR), items, "answer", ctx.params.summary.n_answers,
                           ctx.params.summary.answer_temperature)
-    write_jsonl_atomic(ctx.dir("signal") / "answers.jsonl", rows)
+    write_jsonl_atomic(ctx.dir("answer") / "answers.jsonl", rows)
     return {"answers": len(rows), "distinct_share": round(len({(r["key"], r["answer"]) for r in rows}) / len(rows), 4)}
 
 
-def refine(ctx: IterationContext) -> dict:
-    # The stage skeleton is shared with VAC; summaries are not revised, so this step is empty.
-    write_json_atomic(ctx.dir("refine") / "skipped.json", {"mode": "summary", "step": "refine",
-                                                           "reason": "summary mode has no refine step"})
-    return {"skipped": 1}
-
-
-def judge(ctx: IterationContext) -> dict:
-    answers = read_jsonl(ctx.dir("signal") / "answers.jsonl")
-    rows, ranked = rank_samples(ctx, train_records(ctx), answers, ctx.params.summary.n_answers, ctx.dir("judge"))
+def rank(ctx: IterationContext) -> dict:
+    answers = read_jsonl(ctx.dir("answer") / "answers.jsonl")
+    rows, ranked = rank_samples(ctx, train_records(ctx), answers, ctx.params.summary.n_answers, ctx.dir("rank"))
     pairs = [{"key": er.key, **sel, "preferred": _answer_json(best), "dispreferred": _answer_json(worst)}
              for er, sel, best, worst in ranked]
-    write_jsonl_atomic(ctx.dir("judge") / "pairs.jsonl", pairs)
+    write_jsonl_atomic(ctx.dir("rank") / "pairs.jsonl", pairs)
     summary = {"records": len(pairs),
                "mean_answer_score": round(sum(p["mean_score"] for p in pairs) / len(pairs), 4),
                "mean_best_score": round(sum(p["best_score"] for p in pairs) / len(pairs), 4),
                "share_all_equal": round(sum(p["all_equal"] for p in pairs) / len(pairs), 4),
                "judge_outcomes": outcome_counts(rows), "judge_label_mass": label_mass_summary(rows)}
-    write_json_atomic(ctx.dir("judge") / "summary.json", summary)
+    write_json_atomic(ctx.dir("rank") / "summary.json", summary)
     return summary
 
 
@@ -227,7 +218,7 @@ def train_reward_model(ctx: IterationContext, recs: list[evaluate.EvalRecord], o
     from .. import reward_model as rm
 
     cfg = ctx.params.summary
-    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    summaries = by_key(read_jsonl(ctx.dir("summarize") / "summaries.jsonl"))
     items = {er.key: [(er.record.question, summaries[er.key]["summary"], c, r) for c, r in own_pairs(er)]
              for er in recs if own_pairs(er)}
     seed = ctx.params.seed + int(ctx.t)
@@ -239,14 +230,14 @@ def train_reward_model(ctx: IterationContext, recs: list[evaluate.EvalRecord], o
         "max_steps": cfg.reward_model_steps, "learning_rate": cfg.reward_model_learning_rate,
         "per_device_batch_size": cfg.reward_model_batch_size, "gradient_accumulation_steps": 1,
         "warmup_ratio": 0.0})  # a few steps per iteration, continuing: no warmup
-    prev = ctx.dir("train_feedback", ctx.prev) / "reward_model" / "adapter"
+    prev = ctx.dir("train_summarizer", ctx.prev) / "reward_model" / "adapter"
     init = str(prev) if (prev / "adapter_config.json").exists() else None
     before = rm.RewardModelScorer(role, ctx.models_dir, init, seed)
     acc_before = before.accuracy(held_items)
     before.close()
     adapter = out / "reward_model" / "adapter"
     stats = rm.train([rm.rm_row(*it) for it in train_items], role, ctx.models_dir, tcfg, adapter,
-                     ctx.journal("train_feedback", "rm_work"), seed, init_adapter=init)
+                     ctx.journal("train_summarizer", "rm_work"), seed, init_adapter=init)
     scorer = rm.RewardModelScorer(role, ctx.models_dir, str(adapter), seed)
     acc_held, acc_train = scorer.accuracy(held_items), scorer.accuracy(train_items)
     metrics = {"iteration": int(ctx.t), "init_adapter": init, "adapter": str(adapter),
@@ -262,13 +253,13 @@ def train_reward_model(ctx: IterationContext, recs: list[evaluate.EvalRecord], o
     return scorer, metrics
 
 
-def train_feedback(ctx: IterationContext) -> dict:
-    """GRPO of the summarizer (this stage trains the summarizer in summary mode). popi and plus
-    reward summaries on the records' own pairs; plus first trains this iteration's reward model."""
+def train_summarizer(ctx: IterationContext) -> dict:
+    """GRPO of the summarizer. popi and plus reward summaries on the records' own pairs; plus first
+    trains this iteration's reward model."""
     cfg = ctx.params.summary
     recs = train_records(ctx)
     user_pairs = cfg.reward in ("popi", "plus")
-    pairs = {} if user_pairs else by_key(read_jsonl(ctx.dir("judge") / "pairs.jsonl"))
+    pairs = {} if user_pairs else by_key(read_jsonl(ctx.dir("rank") / "pairs.jsonl"))
     role = ctx.role("summarizer", None)
     count = token_counter(role, ctx.models_dir)
     rows, without_pairs = [], 0
@@ -291,7 +282,7 @@ def train_feedback(ctx: IterationContext) -> dict:
     if without_pairs:
         log.warning("iteration %s: %d of %d train records have no preference pairs; summary.reward=%s skips them",
                     ctx.t, without_pairs, len(recs), cfg.reward)
-    out = ctx.dir("train_feedback")
+    out = ctx.dir("train_summarizer")
     scorer, rm_metrics = None, None
     if cfg.reward == "plus" and rows:
         scorer, rm_metrics = train_reward_model(ctx, [er for er in recs if own_pairs(er)], out)
@@ -303,7 +294,7 @@ def train_feedback(ctx: IterationContext) -> dict:
                                      temperature=cfg.temperature, vllm_mode=cfg.grpo_vllm_mode,
                                      vllm_server_host=cfg.grpo_vllm_server_host,
                                      vllm_server_port=cfg.grpo_vllm_server_port)
-        result = fit_last(ctx, "train_feedback", "grpo", rows, "summarizer", ctx.adapter(SUMMARIZER), out, grpo=grpo)
+        result = fit_last(ctx, "train_summarizer", "grpo", rows, "summarizer", ctx.adapter(SUMMARIZER), out, grpo=grpo)
     finally:
         pool.close()
         if scorer is not None:
@@ -322,22 +313,22 @@ def train_feedback(ctx: IterationContext) -> dict:
     return {**result, "reward_counts": counts}
 
 
-def train_policy(ctx: IterationContext) -> dict:
+def train_generator(ctx: IterationContext) -> dict:
     """LoRA DPO of the generator on its judge-ranked answers given the summary (optional)."""
-    out = ctx.dir("train_policy")
+    out = ctx.dir("train_generator")
     if not ctx.params.summary.train_generator:
         write_json_atomic(out / "state.json", {"adapter": ctx.adapter(GENERATOR), "iteration": ctx.t, "frozen": True})
         return {"frozen": 1}
     recs = {er.key: er for er in train_records(ctx)}
-    summaries = by_key(read_jsonl(ctx.dir("rollout") / "summaries.jsonl"))
+    summaries = by_key(read_jsonl(ctx.dir("summarize") / "summaries.jsonl"))
     rows = []
-    for p in read_jsonl(ctx.dir("judge") / "pairs.jsonl"):
+    for p in read_jsonl(ctx.dir("rank") / "pairs.jsonl"):
         if p["all_equal"]:
             continue
         er = recs[p["key"]]
         rows.append(training.dpo_row(prompts.summary_answer(er.record.question, summaries[p["key"]]["summary"]),
                                      p["preferred"], p["dispreferred"]))
-    return fit_last(ctx, "train_policy", "dpo", rows, "generator", ctx.adapter(GENERATOR), out)
+    return fit_last(ctx, "train_generator", "dpo", rows, "generator", ctx.adapter(GENERATOR), out)
 
 
 def evaluate_step(ctx: IterationContext) -> dict:
@@ -375,5 +366,5 @@ def evaluate_step(ctx: IterationContext) -> dict:
             **{f"score.{d}": v["score"] for d, v in m["domains"].items()}}
 
 
-STEPS = {"rollout": rollout, "signal": signal, "refine": refine, "judge": judge, "train_feedback": train_feedback,
-         "train_policy": train_policy, "evaluate": evaluate_step}
+STEPS = {"summarize": summarize, "answer": answer, "rank": rank, "train_summarizer": train_summarizer,
+         "train_generator": train_generator, "evaluate": evaluate_step}
