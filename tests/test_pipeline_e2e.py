@@ -165,13 +165,13 @@ def status_with_params(repo: Path, **updates) -> dict[str, list[str]]:
 
 
 def test_changing_k_changes_only_the_stages_that_declare_it(pipeline):
-    """DVC sees a changed `retrieval.k` in the two stages that read it: `index` (which builds the
-    top-k lists) and VAC's evaluate (its context-size figures). Every stage that retrieves lists
+    """DVC sees a changed `retrieval.k` in the one stage that reads it: `index`, which builds the
+    top-k lists. Every stage that retrieves lists
     outputs/index as a dep (tests/test_dvc_graph.py::test_every_input_a_command_names_is_a_dep), so
     `dvc repro` reruns it when the index changes; a real rerun through changed outputs is
     test_trained_planner_option. (A full `dvc exp run -S retrieval.k=3` here took 7 min.)"""
     changed = status_with_params(pipeline["repo"], **{"retrieval.k": 3})
-    assert set(changed) == {"index", "evaluate@1"}, changed
+    assert set(changed) == {"index"}, changed
     assert all(keys and all(k.split(".")[0] == "retrieval" for k in keys) for keys in changed.values()), changed
 
 
