@@ -1,4 +1,4 @@
-"""Stage report: the results table (metrics/report.md + .json), paired tests, plot data."""
+"""Stage report: the results table (metrics/report.md + .json; summary mode's: metrics/summary_report.*), paired tests, plot data."""
 
 import json
 from pathlib import Path

@@ -178,7 +178,7 @@ class OfflineRLConfig(Section):
 
 
 class SummaryConfig(Section):
-    """Mode `summary` (POPI-style): a summarizer trained with GRPO writes a per-user preference
+    """Summary mode (POPI-style, pipelines/summary/dvc.yaml): a summarizer trained with GRPO writes a per-user preference
     summary; a generator answers from it. Iterations, train records and LoRA/trainer settings
     are shared with the other loops (nlf.iterations, nlf.max_train_records_per_domain, train)."""
 
@@ -203,7 +203,7 @@ class SummaryConfig(Section):
     # generator's own judge-ranked answers. popi: the same objective on the user's own pairs
     # (records' `pairs`; the reference side sees the question alone). plus: PLUS's reward model
     # R(response | summary, question), trained each iteration on the user's pairs given that
-    # iteration's rollout summaries; reward = log sigmoid(R(chosen) - R(rejected)). popi and plus
+    # iteration's summarize@t summaries; reward = log sigmoid(R(chosen) - R(rejected)). popi and plus
     # skip (and count) records without pairs.
     reward: Literal["judge", "preference", "popi", "plus"] = "judge"
     preference_beta: float = Field(default=0.1, gt=0)  # beta of the preference and popi rewards

@@ -1,4 +1,4 @@
-"""Exported per-user summaries (mode `summary`), and reading them back.
+"""Exported per-user summaries (summary mode), and reading them back.
 
 `exports/summaries.jsonl`: one line per user with the summary and what produced it; never raw
 profile text (summaries are scrubbed of copied profile runs when written, and checked again

@@ -1,4 +1,4 @@
-"""GRPO rewards for the summarizer (mode `summary`). TRL's GRPOTrainer calls a reward with
+"""GRPO rewards for the summarizer (summary mode). TRL's GRPOTrainer calls a reward with
 `prompts`, `completions`, `completion_ids` and every dataset column as keyword arguments, one
 entry per sampled summary; it returns one float per summary.
 

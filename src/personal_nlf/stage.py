@@ -76,7 +76,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="warnings only, no progress bars (CI)")
     p.add_argument("--log-file", default=None,
                    help="plain log of this stage, appended (default: $PERSONAL_NLF_LOG_DIR or logs/, "
-                        "named after the stage, e.g. logs/iteration_train_policy_1.log)")
+                        "named after the stage, e.g. logs/iteration_nlf_train_policy_1.log)")
     return p
 
 

@@ -1,4 +1,4 @@
-"""Per-user preference summaries (mode `summary`): what the summarizer reads, and the privacy guard
+"""Per-user preference summaries (summary mode): what the summarizer reads, and the privacy guard
 on what it writes.
 
 - `select_profile`: profiles can be far longer than a small model's context; the project cuts them

@@ -1,5 +1,5 @@
-"""Building blocks both training loops share (VAC in `nlf.py`, the offline-RL baseline in
-`offline_rl.py`): the train records, a journaled generation for one role, judging candidate
+"""Building blocks the training loops share (VAC in `nlf.py`, the offline-RL baseline in
+`offline_rl.py`, summary mode in `summary.py`): the train records, a journaled generation for one role, judging candidate
 answers on the rubric, picking the best candidate, training the policy with validation checkpoint
 selection, and the test-split evaluation."""
 
@@ -64,7 +64,7 @@ def run_role(ctx: IterationContext, pool: evaluate.BackendPool, role_name: str, 
 def sample_answers(ctx: IterationContext, recs: list[evaluate.EvalRecord], role_name: str, adapter: str | None,
                    items: list[tuple[str, list]], step: str, n: int, temperature: float) -> list[dict]:
     """N sampled answers per record from one role (journaled), parsed: rows with key, j, text,
-    answer, parse_outcome (offline RL's rollout, summary mode's signal)."""
+    answer, parse_outcome (offline RL's rollout, summary mode's answer)."""
     pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
     try:
         out = run_role(ctx, pool, role_name, adapter, items, step, "samples", n=n, temperature=temperature)

@@ -1,4 +1,4 @@
-"""Mode `nlf`: VAC (Algorithm 1 of "Learning from Natural Language Feedback for Personalized QA").
+"""The `nlf` loop: VAC (Algorithm 1 of "Learning from Natural Language Feedback for Personalized QA").
 
 Per iteration t (starting from iteration prev = t-1):
   rollout         policy pi(t-1) answers each train question with the RAG prompt

@@ -1,4 +1,4 @@
-"""Mode `summary`: POPI-style preference summaries trained with GRPO (pipelines/summary/dvc.yaml).
+"""Summary mode: POPI-style preference summaries trained with GRPO (pipelines/summary/dvc.yaml).
 
 A summarizer reads a user's profile only (no question by default: one summary per user, reusable
 for any later question; summary.condition) and writes a short preference summary. A generator
@@ -208,8 +208,8 @@ def heldout_users(keys: list[str], share: float, seed: int) -> set[str]:
 
 
 def train_reward_model(ctx: IterationContext, recs: list[evaluate.EvalRecord], out):
-    """PLUS's reward model for iteration t: trained on the user's pairs given this iteration's
-    rollout summaries (written by summarizer(t-1)), continuing from iteration t-1's reward model
+    """PLUS's reward model for iteration t: trained on the user's pairs given summarize@t's
+    summaries (written by summarizer(t-1)), continuing from iteration t-1's reward model
     (iteration 1: a new LoRA and a seeded new score head). So the GRPO reward of summarizer(t) comes
     from a reward model fitted to summarizer(t-1)'s summaries: the two alternate, as in PLUS.
     Held-out users (summary.reward_model_heldout_share) measure it before and after this
