@@ -10,7 +10,7 @@ Each generated block in README.md sits between two markers naming its generator:
     python scripts/readme_results.py --check    # exit 1 if a block differs (tests/test_readme.py)
     python scripts/readme_results.py --stage-times   # first: logs/*.log -> metrics/stage_times.json
 
-Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage),
+Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage; summary mode's: metrics/summary_report.json),
 results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).

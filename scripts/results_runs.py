@@ -5,19 +5,20 @@
 
 `run` clones HEAD into a temporary folder (or, with --in, moves an earlier run's clone to HEAD, so
 that DVC reruns only the stages a change made stale), sets it up (`make setup`), runs `dvc exp run`
-there with the run's `-S` overrides of params.yaml (RUNS below) and then `collect`s it.
+there on the run's pipeline (PIPELINE below; dvc.yaml unless named) with the run's `-S` overrides of
+params.yaml (RUNS below) and then `collect`s it.
 
 `collect` copies into results/<run>/: the run's metrics/ (report, per-method metrics, run records),
-its params.yaml and dvc.lock, the per-question generations and judge scores of every evaluated
+its params.yaml and dvc.lock (and pipelines/summary/dvc.lock for the summary pipeline), the per-question generations and judge scores of every evaluated
 method (so `personal-nlf rescore` can recompute them), the VAC loop's target counts, offline RL's
-selections, the summarizer's reward curves, the exported summaries (exports/), the stage times from
+selections, the summarizer's reward curves, the exported summaries (exports/, summary pipeline), the stage times from
 its logs (with date, machine and wall time), and run.json (the git revision its stages ran at, from
 the run records, and the command). The README's result blocks are generated from those files
 (scripts/readme_results.py).
 
 - `persona`: the embedded default (`make repro`; no overrides): the controlled-persona benchmark
   (data/persona, `verifier` judge) on a slice of 16 records per split and domain, VAC and offline
-  RL. `collect` also writes its metrics/, exports/ and dvc.lock to the top level; this folder adds
+  RL. `collect` also writes its metrics/ and dvc.lock to the top level; this folder adds
   the per-question files that DVC keeps only in its cache.
 - `persona-summary`: the summary pipeline (pipelines/summary/dvc.yaml) with POPI's reward on the users' own preference pairs
   (`summary.reward: popi`); its evaluation measures pairwise preference accuracy with and without
@@ -118,7 +119,7 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
             if (dest / folder).exists():
                 shutil.copytree(dest / folder, ROOT / folder)
         shutil.copy2(dest / "dvc.lock", ROOT / "dvc.lock")
-        print("and metrics/, exports/, dvc.lock at the top level")
+        print("and metrics/, dvc.lock at the top level")
 
 
 def run(name: str, machine: str, clone: Path | None = None) -> None:
@@ -126,7 +127,7 @@ def run(name: str, machine: str, clone: Path | None = None) -> None:
     reruns only the stages whose code, data or params changed and restores the rest from its cache.
     Stage times are each stage's last run in the clone (its logs), so a restored stage keeps the time
     of the run that produced its outputs; the wall time is this invocation's only. Keep one clone per
-    run: logs are named by stage, not by mode, so another run in the same clone overwrites them."""
+    run: logs are named by stage, not by pipeline (both pipelines have a `report`), so another run in the same clone overwrites them."""
     with tempfile.TemporaryDirectory(prefix="results-run-") as tmp:
         if clone is None:
             clone = Path(tmp) / "repo"

@@ -165,8 +165,9 @@ def status_with_params(repo: Path, **updates) -> dict[str, list[str]]:
 
 
 def test_changing_k_changes_only_the_stages_that_declare_it(pipeline):
-    """DVC sees a changed `retrieval.k` in the one stage that reads it: `index`, which builds the
-    top-k lists. Every stage that retrieves lists
+    """In the default pipeline DVC sees a changed `retrieval.k` in the one stage that reads it:
+    `index`, which builds the top-k lists (summary mode's evaluate also declares it, for its
+    context-reduction figure). Every stage that retrieves lists
     outputs/index as a dep (tests/test_dvc_graph.py::test_every_input_a_command_names_is_a_dep), so
     `dvc repro` reruns it when the index changes; a real rerun through changed outputs is
     test_trained_planner_option. (A full `dvc exp run -S retrieval.k=3` here took 7 min.)"""

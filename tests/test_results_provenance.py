@@ -1,7 +1,8 @@
 """Committed results come from the committed code, data and params.
 
 The default run (`metrics/`, `dvc.lock`: `make repro`) and the committed runs (`results/<run>/`,
-scripts/results_runs.py) each keep their dvc.lock. DVC's status against it, in a fresh copy of this
+scripts/results_runs.py) each keep their dvc.lock (the summary run also its
+pipelines/summary/dvc.lock). DVC's status against it, in a fresh copy of this
 commit, must find no stage whose code, data or params changed since it ran, and no committed metric
 that differs from what the stage wrote. Each run's params must be today's params.yaml with exactly
 its `-S` overrides; the default's run (`results/persona/`) is the one whose metrics/ and dvc.lock are
@@ -73,7 +74,7 @@ def out_of_date(repo: Path, pipeline: str = "dvc.yaml") -> list[str]:
 @pytest.mark.parametrize("run", [None] + RUNS)
 def test_committed_results_are_up_to_date_with_this_commit(run, tmp_path):
     """DVC's own check, stage by stage: in a fresh copy of this commit holding the run's params.yaml,
-    dvc.lock, metrics/ and exports/ (None: the top-level ones, `make repro`'s), every stage's code,
+    dvc.lock(s), metrics/ and exports/ (None: the top-level ones, `make repro`'s), every stage's code,
     data and params hashes equal what its lock entry recorded, and the committed metrics equal the
     lock's. tests/test_dvc_graph.py keeps each stage's deps equal to its import closure, so a change
     to src/ makes exactly the stages that run that code stale (regenerate: README, "Reproducing")."""
@@ -90,7 +91,7 @@ def test_committed_results_are_up_to_date_with_this_commit(run, tmp_path):
     stale = out_of_date(repo, results_runs.PIPELINE.get(run, "dvc.yaml"))
     assert not stale, (f"{'results/' + run if run else 'the top-level dvc.lock'} is out of date with this commit:\n"
                        + "\n".join(stale[:20]) + "\nregenerate: `python scripts/results_runs.py run <run>` (persona: "
-                       "then copy its metrics/, exports/ and dvc.lock to the top level)")
+                       "it also writes the top-level metrics/ and dvc.lock)")
 
 
 def test_a_stale_dependency_or_metric_is_caught(tmp_path):
