@@ -87,6 +87,32 @@ def stage_revision(clone: Path) -> str:
                           check=True).stdout.strip()
 
 
+def pipeline_stages(repo: Path, dvc_yaml: str) -> set[str]:
+    """The stage names `dvc_yaml` defines (foreach expanded), as its dvc.lock names them."""
+    out = subprocess.run(["dvc", "stage", "list", "--name-only", dvc_yaml], cwd=repo, capture_output=True,
+                         text=True, check=True).stdout
+    return {line.split(":")[-1] for line in out.split()}
+
+
+def prune_lock(lock: Path, stages: set[str]) -> list[str]:
+    """Drop the entries of stages `stages` does not hold: DVC keeps a removed stage's entry in
+    dvc.lock (a run in a clone of an older commit carries it on). Line-based, so the rest of the
+    file stays byte for byte as DVC wrote it. Returns the names dropped."""
+    kept, dropped, keep = [], [], True
+    for line in lock.read_text().splitlines(keepends=True):
+        if line.startswith("  ") and not line.startswith("   ") and line.rstrip().endswith(":"):
+            name = line.strip()[:-1]
+            keep = name in stages
+            if not keep:
+                dropped.append(name)
+        elif not line.startswith(" "):
+            keep = True  # a top-level key (schema, stages)
+        if keep:
+            kept.append(line)
+    lock.write_text("".join(kept))
+    return dropped
+
+
 def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str | None = None) -> None:
     rev = stage_revision(clone)
     dest = ROOT / "results" / run
@@ -100,6 +126,10 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
                                                if pipeline == "summary" else ()):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(clone / name, dest / name)
+        if name.endswith("dvc.lock"):
+            dropped = prune_lock(dest / name, pipeline_stages(clone, name.replace("dvc.lock", "dvc.yaml")))
+            if dropped:
+                print(f"{name}: dropped the entries of stages no longer in the pipeline: {', '.join(dropped)}")
     for pattern in KEPT:
         for src in sorted(clone.glob(pattern)):
             rel = src.relative_to(clone)

@@ -43,6 +43,21 @@ def test_the_default_run_is_committed_with_its_per_question_files():
     assert (run / "dvc.lock").read_bytes() == (ROOT / "dvc.lock").read_bytes()
 
 
+def test_every_lock_entry_is_a_stage_of_its_pipeline():
+    """DVC keeps a removed stage's entry in dvc.lock; a committed lock holds only its pipeline's
+    stages (results_runs.prune_lock), so it records no code the pipeline no longer runs."""
+    stages = {p: results_runs.pipeline_stages(ROOT, p) for p in ("dvc.yaml", results_runs.SUMMARY_PIPELINE)}
+    locks = {ROOT / "dvc.lock": "dvc.yaml"}
+    for run in RUNS:
+        locks[ROOT / "results" / run / "dvc.lock"] = "dvc.yaml"
+        locks[ROOT / "results" / run / results_runs.SUMMARY_PIPELINE.replace("dvc.yaml", "dvc.lock")] = \
+            results_runs.SUMMARY_PIPELINE
+    for lock, pipeline in locks.items():
+        if lock.exists():
+            extra = set(yaml.safe_load(lock.read_text())["stages"]) - stages[pipeline]
+            assert not extra, f"{lock.relative_to(ROOT)} has entries of stages not in {pipeline}: {sorted(extra)}"
+
+
 def out_of_date(repo: Path, pipeline: str = "dvc.yaml") -> list[str]:
     """What `dvc status` in `repo` (a fresh copy of this commit, no DVC cache) finds out of date
     against its dvc.lock, other than what a fresh clone lacks by design: outputs not in the cache,
@@ -147,17 +162,21 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
     clone = tmp_path / "clone"
     files = {"metrics/no_pers.json": "{}", "metrics/nlf/iter_1.json": "{}", "metrics/summary/iter_1.json": "{}",
              "metrics/report.md": "", "metrics/summary_report.md": "", "exports/summaries.jsonl": "",
-             "pipelines/summary/dvc.lock": "schema: '2.0'\n",
+             "pipelines/summary/dvc.yaml": "stages:\n  summarize:\n    cmd: echo\n",
+             "pipelines/summary/dvc.lock": "schema: '2.0'\nstages:\n  summarize:\n    cmd: echo\n",
              "outputs/baselines/rag/generations.jsonl": "", "outputs/baselines/rag/predictions/x": "",
              "outputs/nlf/iter_1/evaluate/judge_scores.jsonl": "", "outputs/summary/iter_1/evaluate/summaries.jsonl": "",
              "logs/baseline_rag.log": "t start: x\nt done in 9.0 s\nt start: x\nt done in 3.5 s\n",
-             "params.yaml": "seed: 1\n", "dvc.lock": "schema: '2.0'\n"}
+             "params.yaml": "seed: 1\n", "dvc.yaml": "stages:\n  prepare:\n    cmd: echo\n",
+             # DVC keeps a removed stage's entry (`export` left the default pipeline): collect drops it.
+             "dvc.lock": "schema: '2.0'\nstages:\n  prepare:\n    cmd: echo\n  export:\n    cmd: echo\n"}
     for rel, text in files.items():
         (clone / rel).parent.mkdir(parents=True, exist_ok=True)
         (clone / rel).write_text(text)
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
     for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
         subprocess.run(git + cmd, cwd=clone, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=clone, check=True)  # collect asks DVC for each pipeline's stages
     monkeypatch.setattr(results_runs, "ROOT", tmp_path / "repo")
 
     results_runs.collect("persona-summary", clone, 12.5, "test machine")
@@ -167,6 +186,8 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
                     "metrics/stage_times.json", "outputs/baselines/rag/generations.jsonl",
                     "outputs/summary/iter_1/evaluate/summaries.jsonl", "exports/summaries.jsonl",
                     "params.yaml", "dvc.lock", "pipelines/summary/dvc.lock", "run.json"}
+    assert set(yaml.safe_load((out / "dvc.lock").read_text())["stages"]) == {"prepare"}
+    assert set(yaml.safe_load((out / "pipelines/summary/dvc.lock").read_text())["stages"]) == {"summarize"}
     assert json.loads((out / "metrics/stage_times.json").read_text())["seconds"] == {"baseline_rag": 3.5}
     assert json.loads((out / "metrics/stage_times.json").read_text())["wall_minutes"] == 12.5
     assert json.loads((out / "run.json").read_text())["command"].startswith(
