@@ -142,6 +142,12 @@ def bare_generate(model, tok, messages: list, max_new_tokens: int):
 # ---------------------------------------------------------------------------------------- main
 
 
+def gen_texts(backend, messages: list, sampling) -> tuple[list[str], int]:
+    """One batched generation: the texts and the generated tokens."""
+    gens = backend.generate(messages, sampling)
+    return [g[0].text for g in gens], sum(g[0].completion_tokens for g in gens)
+
+
 def pick_records(recs, n: int):
     """Round-robin over domains so any n covers all of them."""
     by_dom: dict[str, list] = {}
@@ -227,8 +233,7 @@ def main(argv=None) -> int:
     def backend_gen(bs: int):
         def run():
             with_bs(bs)
-            gens = backend.generate(messages, sampling)
-            return [g[0].text for g in gens], sum(g[0].completion_tokens for g in gens)
+            return gen_texts(backend, messages, sampling)
         return run
 
     journals: list[Journal] = []
@@ -279,6 +284,17 @@ def main(argv=None) -> int:
         if bs == 1:
             seq_same = sum(a == b for a, b in zip(texts, be_texts))
 
+    # ------------------------------------------------------------------ 1b. dtype auto vs float32
+    dtype_row = None
+    auto_dtype = str(next(backend.model.parameters()).dtype).replace("torch.", "")
+    if auto_dtype != "float32":  # dtype auto chose bf16 (CUDA, or a CPU with native bf16): time fp32 beside it
+        log(f"[1b] hf backend in float32 vs {auto_dtype}, batch of {n}, {args.repeats} run(s)")
+        b32 = HFBackend(policy.model_copy(update={"dtype": "float32"}), args.models_dir, seed=params.seed)
+        b32.generate(messages[:1], sampling)  # warm-up
+        m32, ts32, (texts32, tok32) = median_time(lambda: gen_texts(b32, messages, sampling), args.repeats, "float32")
+        b32.close()
+        dtype_row = (auto_dtype, m32, ts32, tok32, sum(a == b for a, b in zip(texts32, be_texts)))
+
     # ------------------------------------------------------------------ provenance cost (stage setup)
     t = time.perf_counter()
     backend.describe()
@@ -304,9 +320,18 @@ def main(argv=None) -> int:
         jlens = [len(jb.tok(jb.render(it.messages()), add_special_tokens=False)["input_ids"]) for it in jitems]
         scored, jtimes = {}, {}
         shared_min = hf_backend.MIN_SHARED_PREFIX
-        # "logprob (full)": the same logprob judge with the shared-prefix path off, every aspect's
-        # prompt computed in full (the code before the aspects of one answer shared a KV cache).
-        for method in ("logprob", "logprob (full)", "generate"):
+        judge_dtype = str(next(jb.model.parameters()).dtype).replace("torch.", "")
+        # "logprob (full)", the code before this turn: every aspect's prompt computed in full (no
+        # shared KV cache per answer), in float32 (dtype auto's choice on CPU then). "logprob
+        # float32" isolates the shared prefix when dtype auto now picks bf16.
+        jb32 = jb if judge_dtype == "float32" else HFBackend(jrole.model_copy(update={"dtype": "float32"}),
+                                                             args.models_dir, seed=params.seed)
+        if jb32 is not jb:
+            jb32.choice_logprobs([jitems[0].messages()], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])  # warm-up
+        methods = {"logprob": jb, "logprob (full)": jb32, "generate": jb}
+        if jb32 is not jb:
+            methods["logprob float32"] = jb32
+        for method, judge_backend in methods.items():
             hf_backend.MIN_SHARED_PREFIX = 10**9 if method == "logprob (full)" else shared_min
             cfg = JudgeConfig(method=method.split()[0], retry_temperatures=params.judge.retry_temperatures)
             log(f"[3] judge method={method}: {len(jitems)} aspects, {args.judge_repeats} run(s)")
@@ -314,14 +339,17 @@ def main(argv=None) -> int:
             for r in range(args.judge_repeats):
                 jj = Journal(Path(tmp.name) / f"judge_{method}_{r}.jsonl.partial", f"{method}-{r}", log=lambda *_: None)
                 t = time.perf_counter()
-                scored[method] = judge_items(jitems, jb, cfg, jrole, jj, seed=params.seed, chunk_size=chunk)
+                scored[method] = judge_items(jitems, judge_backend, cfg, jrole, jj, seed=params.seed, chunk_size=chunk)
                 runs.append(time.perf_counter() - t)
                 jj.close()
                 log(f"  {method} run {r + 1}/{args.judge_repeats}: {runs[-1]:.2f}s")
             jtimes[method] = runs
         hf_backend.MIN_SHARED_PREFIX = shared_min
         keys = [it.key for it in jitems]
-        full_same = max(abs(scored["logprob"][k]["score"] - scored["logprob (full)"][k]["score"]) for k in keys)
+        same_dtype = "logprob float32" if jb32 is not jb else "logprob"  # the shared path at the before's dtype
+        full_same = max(abs(scored[same_dtype][k]["score"] - scored["logprob (full)"][k]["score"]) for k in keys)
+        dtype_diff = (max(abs(scored["logprob"][k]["score"] - scored["logprob float32"][k]["score"]) for k in keys)
+                      if jb32 is not jb else None)
         lp = [scored["logprob"][k]["score"] for k in keys]
         gen = [scored["generate"][k]["score"] for k in keys]
         ok = [i for i, k in enumerate(keys) if not scored["generate"][k]["outcome"].startswith("failed")]
@@ -331,8 +359,10 @@ def main(argv=None) -> int:
             attempts=dict(sorted(attempts.items())), lp=lp, gen=gen, ok=ok, prompt_tokens=statistics.mean(jlens),
             gen_calls=sum(scored["generate"][k]["attempts"] for k in keys),
             dist_gen=dict(sorted(Counter(int(g) for g in gen).items())),
-            dist_lp=dict(sorted(Counter(round_half_up(x) for x in lp).items())))
+            dist_lp=dict(sorted(Counter(round_half_up(x) for x in lp).items())), dtype=judge_dtype,
+            dtype_diff=dtype_diff)
         jb.close()
+        jb32.close()
     for j in journals:
         j.close()
     tmp.cleanup()
@@ -368,7 +398,15 @@ def main(argv=None) -> int:
         L.append(f"| {bs}{' (= n)' if bs == n else ''} | {fmt_times(ts)} | {m:.2f} | {tok_n} | {tps:.1f} | {m / n:.2f} | {sp} |")
     if seq_same is not None:
         L += ["", f"batch_size=1 outputs identical to batch_size={n}: {seq_same}/{n} "
-                  "(greedy; batched fp32 matmuls can flip near-ties)."]
+                  "(greedy; batched matmuls can flip near-ties)."]
+    if dtype_row:
+        auto_dtype, m32, ts32, tok32, same32 = dtype_row
+        tps_auto, tps32 = gen_rows[n][2] / gen_rows[n][0], tok32 / m32
+        L += ["", f"dtype `auto` loaded {auto_dtype} (bf16 on CUDA and on CPUs with native bf16, `llm/hf.pick_dtype`). "
+                  f"The same batch of {n} in float32: runs {fmt_times(ts32)} s, median {m32:.2f} s, {tok32} tokens, "
+                  f"{tps32:.1f} tokens/s; {auto_dtype} / float32 tokens/s: {tps_auto / tps32:.2f}x; "
+                  f"outputs identical: {same32}/{n} (greedy; bf16 rounding changes some continuations)."]
+        RATIOS[f"hf {auto_dtype} / float32, batch of {n} (tokens/s)"] = tps_auto / tps32
     L.append("")
 
     L += [f"## 2. Stage overhead on the same batch of {n} (chunk = batch = {n})", "",
@@ -405,18 +443,25 @@ def main(argv=None) -> int:
               "| method | runs (s) | median s | s/aspect | model calls | mean score (0-2) | score distribution |",
               "|---|---|---:|---:|---:|---:|---|"]
         mlp, mg = statistics.median(jr["times"]["logprob"]), statistics.median(jr["times"]["generate"])
-        L.append(f"| logprob | {fmt_times(jr['times']['logprob'])} | {mlp:.2f} | {mlp / nj:.3f} | {nj} forward passes | "
-                 f"{statistics.mean(jr['lp']):.3f} | rounded: {jr['dist_lp']} |")
-        L.append(f"| generate | {fmt_times(jr['times']['generate'])} | {mg:.2f} | {mg / nj:.3f} | {jr['gen_calls']} "
-                 f"generations | {statistics.mean(jr['gen']):.3f} | {jr['dist_gen']} |")
+        L.append(f"| logprob ({jr['dtype']}, shared prefix: after) | {fmt_times(jr['times']['logprob'])} | {mlp:.2f} | "
+                 f"{mlp / nj:.3f} | {nj} forward passes | {statistics.mean(jr['lp']):.3f} | rounded: {jr['dist_lp']} |")
+        L.append(f"| generate ({jr['dtype']}) | {fmt_times(jr['times']['generate'])} | {mg:.2f} | {mg / nj:.3f} | "
+                 f"{jr['gen_calls']} generations | {statistics.mean(jr['gen']):.3f} | {jr['dist_gen']} |")
+        if "logprob float32" in jr["times"]:
+            m32 = statistics.median(jr["times"]["logprob float32"])
+            L.append(f"| logprob (float32, shared prefix) | {fmt_times(jr['times']['logprob float32'])} | {m32:.2f} | "
+                     f"{m32 / nj:.3f} | {nj} forward passes | max |score difference| vs {jr['dtype']} "
+                     f"{jr['dtype_diff']:.1e} | |")
         mfull = statistics.median(jr["times"]["logprob (full)"])
-        L.append(f"| logprob, no shared prefix (before) | {fmt_times(jr['times']['logprob (full)'])} | {mfull:.2f} | "
-                 f"{mfull / nj:.3f} | {nj} full forward passes | max |score difference| vs shared "
-                 f"{jr['full_same']:.1e} | |")
-        L += ["", f"generate / logprob time per aspect: {mg / mlp:.1f}x; logprob with a shared prefix per answer "
-              f"(after) / every prompt in full (before): {mlp / mfull:.2f}x", ""]
+        L.append(f"| logprob (float32, no shared prefix: before) | {fmt_times(jr['times']['logprob (full)'])} | "
+                 f"{mfull:.2f} | {mfull / nj:.3f} | {nj} full forward passes | max |score difference| vs shared "
+                 f"float32 {jr['full_same']:.1e} | |")
+        L += ["", f"generate / logprob time per aspect: {mg / mlp:.1f}x; logprob after (shared prefix per answer, "
+              f"dtype auto: {jr['dtype']}) / before (every prompt in full, float32): {mlp / mfull:.2f}x"
+              + (f"; the shared prefix alone (both float32): {m32 / mfull:.2f}x"
+                 if "logprob float32" in jr["times"] else ""), ""]
         RATIOS["judge generate / logprob (time per aspect)"] = mg / mlp
-        RATIOS["judge logprob shared prefix / full prompts (time per aspect; goal <= 0.5)"] = mlp / mfull
+        RATIOS["judge logprob after / before (time per aspect; goal <= 0.5)"] = mlp / mfull
         ok = jr["ok"]
         fails = nj - len(ok)
         exact_all = sum(round_half_up(a) == int(b) for a, b in zip(jr["lp"], jr["gen"]))

@@ -139,10 +139,10 @@ def main() -> int:
     from personal_nlf.config import Params, RoleConfig, TrainConfig
     from personal_nlf.judge import Answer, judge_answers
     from personal_nlf.llm.base import Sampling
-    from personal_nlf.llm.hf import HFBackend, train_dtype
+    from personal_nlf.llm.hf import HFBackend, pick_dtype, train_dtype
     from personal_nlf.rewards import completion_text
 
-    infer_dtype = "bfloat16" if cuda else "float32"  # hf.pick_dtype("auto"): bf16 on CUDA
+    infer_dtype = str(pick_dtype("auto", device)).replace("torch.", "")  # bf16 on CUDA and on CPUs with native bf16
     fit_dtype = train_dtype("auto", cuda, cuda and torch.cuda.is_bf16_supported())
     keep = os.environ.get("GPU_CHECK_KEEP")
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="gpu_check_"))

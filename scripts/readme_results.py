@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import json
 import re
 import sys
@@ -152,12 +153,15 @@ def plan(root: Path) -> str:
 
 
 def judge_benchmark(root: Path) -> str:
-    """The judge section of benchmarks/RESULTS_judge.md (bench_generation.py): the logprob judge with
-    and without the shared prefix per answer, side by side on the same aspects."""
+    """The judge section of benchmarks/RESULTS_judge.md (bench_generation.py): the logprob judge
+    before (float32, every prompt in full) and after (dtype auto, the shared prefix per answer), side
+    by side on the same aspects."""
     text = (root / "benchmarks/RESULTS_judge.md").read_text()
     head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command): (.*)$", text, re.M)[:3]}
     section = text[text.index("## 3. Judge"):]
-    rows = [ln for ln in section.splitlines() if ln.startswith("|")][:5]
+    lines = section.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
+    rows = list(itertools.takewhile(lambda ln: ln.startswith("|"), lines[first:]))  # the methods table
     ratio = next(ln for ln in section.splitlines() if ln.startswith("generate / logprob time per aspect"))
     return (f"From `benchmarks/RESULTS_judge.md` ({head.get('Date')}, git {head.get('Git revision')}; "
             f"`{head.get('Command')}`):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")

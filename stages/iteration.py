@@ -23,13 +23,8 @@ def main(args, params):
     # The params this step declares (stage_params.reads), nothing else: a guarded view dumps only those.
     logged = {"loop": loop, "iteration": t, "prev": prev, **params.model_dump()}
     tags = {"loop": loop, "iteration": t, "step": args.step}
-    # The MLflow run is named as the DVC stage: VAC's and summary mode's steps plainly (each in its own
-    # dvc.yaml), offline RL's with its prefix; init stages by their dvc.yaml names.
-    if args.step == "init":
-        name = "iter_init" if loop == "nlf" else f"{loop}_init"
-    else:
-        name = f"{loop}_{args.step}@{t}" if loop == "offline_rl" else f"{args.step}@{t}"
-    with tracking.stage_run(params.tracking, name, logged, tags) as run:
+    # Under DVC the MLflow run takes the DVC stage's name (tracking.stage_run); this one is for a hand run.
+    with tracking.stage_run(params.tracking, f"{loop}_{args.step}@{t}", logged, tags) as run:
         # TRL's own MLflow callback logs per-step training curves into this stage's run.
         ctx.extra["report_to"] = ["mlflow"] if params.tracking.enabled else []
         t0 = time.time()

@@ -127,7 +127,7 @@ def test_local_rank_from_environment(monkeypatch):
 
 
 @pytest.mark.parametrize("role_dtype,cuda,bf16_ok,want", [
-    ("auto", False, False, "float32"),     # CPU: bf16 matmuls are ~10x slower here
+    ("auto", False, False, "float32"),     # CPU training stays fp32
     ("auto", True, True, "bfloat16"),
     ("auto", True, False, "float32"),      # pre-Ampere GPU: no bf16, and fp16 weights would not train safely
     ("float32", True, True, "float32"),
@@ -137,11 +137,17 @@ def test_train_dtype(role_dtype, cuda, bf16_ok, want):
     assert train_dtype(role_dtype, cuda, bf16_ok) == want
 
 
-def test_inference_dtype_is_bf16_on_cuda_only():
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_inference_dtype_is_bf16_on_cuda_and_on_cpus_with_native_bf16(monkeypatch, native_bf16):
     import torch
 
+    from personal_nlf.llm import hf
+
+    monkeypatch.setattr(hf, "cpu_has_native_bf16", lambda: native_bf16)
     assert pick_dtype("auto", "cuda:3") == torch.bfloat16
-    assert pick_dtype("auto", "cpu") == torch.float32
+    assert pick_dtype("auto", "cpu") == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert pick_dtype("auto", "mps") == torch.float32
+    assert pick_dtype("float32", "cpu") == torch.float32  # an explicit dtype wins
     assert pick_dtype("float16", "cpu") == torch.float16
 
 

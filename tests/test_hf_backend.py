@@ -30,7 +30,9 @@ def test_shared_prefix_groups_by_hand():
 
 @pytest.fixture(scope="module")
 def judge_backend(embedded_models):
-    return hf.HFBackend(RoleConfig(batch_size=3), embedded_models)
+    # fp32: these tests hold the shared-prefix paths to the full computation at 1e-3, tighter than
+    # bf16 rounding (dtype auto is bf16 on a CPU with native bf16).
+    return hf.HFBackend(RoleConfig(batch_size=3, dtype="float32"), embedded_models)
 
 
 def _judge_prompts():
@@ -105,3 +107,19 @@ def test_pairwise_benchmark_runs_and_both_paths_agree(embedded_models, tmp_path)
     text = out.read_text()
     assert "| shared prompt |" in text and "| full sequences |" in text
     assert "pairs whose sign differs: 0 of 2" in text
+
+
+def test_a_repeated_prompt_and_answer_is_scored_once(judge_backend, monkeypatch):
+    """Users who share a question are scored on the same responses without personalization: each
+    distinct (prompt, answer) is computed once and every copy gets its score."""
+    msgs = [prompts.no_pers("How do I start drawing?")] * 4 + [prompts.no_pers("Which paints last longest?")]
+    answers = ["Start small.", "Buy paints.", "Start small.", "Buy paints.", "Start small."]
+    computed = []
+    unique = judge_backend._unique_answer_logprobs
+    monkeypatch.setattr(judge_backend, "_unique_answer_logprobs",
+                        lambda seqs, starts: computed.append(len(seqs)) or unique(seqs, starts))
+    got = judge_backend.answer_logprobs(msgs, answers)
+    assert computed == [3]
+    assert got[0] == got[2] and got[1] == got[3] and got[0] != got[4] and got[0] != got[1]
+    alone = judge_backend.answer_logprobs(msgs[4:], answers[4:])
+    assert got[4] == pytest.approx(alone[0], abs=1e-3)

@@ -81,7 +81,10 @@ def _tracking_uri() -> str:
 
 @contextlib.contextmanager
 def stage_run(cfg: TrackingConfig, stage: str, params: dict[str, Any], tags: dict[str, str] | None = None):
-    """Context manager yielding an object with log_metrics / log_artifact."""
+    """Context manager yielding an object with log_metrics / log_artifact. The run is named after
+    the DVC stage running it (DVC_STAGE, which DVC sets for every stage command, without the
+    `path/dvc.yaml:` of a pipeline in a subfolder); `stage` names a script run by hand."""
+    stage = os.environ.get("DVC_STAGE", "").rpartition(":")[2] or stage
     if not cfg.enabled:
         yield _NoRun()
         return
