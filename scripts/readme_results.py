@@ -162,7 +162,7 @@ def judge_benchmark(root: Path) -> str:
     lines = section.splitlines()
     first = next(i for i, ln in enumerate(lines) if ln.startswith("|"))
     rows = list(itertools.takewhile(lambda ln: ln.startswith("|"), lines[first:]))  # the methods table
-    ratio = next(ln for ln in section.splitlines() if ln.startswith("generate / logprob time per aspect"))
+    ratio = next(ln for ln in lines if ln.startswith("generate / logprob time per aspect"))
     dtype = [ln for ln in text.splitlines() if ln.startswith("dtype `auto` loaded")]  # generation, auto vs float32
     return (f"From `benchmarks/RESULTS_judge.md` ({head.get('Date')}, git {head.get('Git revision')}; "
             f"`{head.get('Command')}`):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n" + "".join(f"\n{ln}\n" for ln in dtype))
