@@ -239,18 +239,23 @@ def main() -> int:
             tcfg = saved
 
     def step_reload():
-        r = role.model_copy(update={"adapter": state["dpo"]})
-        b = HFBackend(r, None, seed=0)
-        from peft import PeftModel
+        # The adapter trained (some lora_B weight left its zero init), and the backend serves it
+        # merged into the weights (hf.load_model_and_tokenizer): they differ from the base model's.
+        from safetensors.torch import load_file
 
-        if not isinstance(b.model, PeftModel):
-            raise TypeError("adapter: the backend's model is not a PeftModel")
-        moved = sum(float(p.abs().sum()) for n, p in b.model.named_parameters() if "lora_B" in n)
+        saved = load_file(str(Path(state["dpo"], "adapter_model.safetensors")))
+        moved = sum(float(t.abs().sum()) for n, t in saved.items() if "lora_B" in n)
         if moved == 0.0:
-            raise RuntimeError("adapter: every lora_B weight is zero (training changed nothing, or it did not load)")
+            raise RuntimeError("adapter: every lora_B weight is zero (training changed nothing)")
+        b = HFBackend(role.model_copy(update={"adapter": state["dpo"]}), None, seed=0)
+        base = HFBackend(role, None, seed=0)
+        changed = sum(not torch.equal(p, q) for p, q in zip(b.model.parameters(), base.model.parameters()))
+        del base
+        if changed == 0:
+            raise RuntimeError("adapter: the served weights equal the base model's (the adapter was not applied)")
         g = generate_through(b)
         j = judge_through(b.for_role(judge_role.model_copy(update={"adapter": state["dpo"]})))
-        return f"|lora_B| {moved:.3g}; {g.split(',')[0]}; {j.split(',')[0]}"
+        return f"|lora_B| {moved:.3g}, {changed} merged tensors; {g.split(',')[0]}; {j.split(',')[0]}"
 
     steps = [("build", step_build, [], "float32"), ("generate", step_generate, ["build"], infer_dtype),
              ("judge", step_judge, ["build"], infer_dtype), ("sft", step_sft, ["build"], fit_dtype),

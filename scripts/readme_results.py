@@ -237,8 +237,20 @@ def pairwise_benchmark(root: Path) -> str:
             f"`{head.get('Command')}`; {head.get('Policy')}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
 
 
+def adapter_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_adapter.md (bench_adapter.py): a trained LoRA adapter served merged and
+    unmerged, its effect on its own targets against fp32, and generation time, side by side."""
+    text = (root / "benchmarks/RESULTS_adapter.md").read_text()
+    head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command|Model): (.*)$", text, re.M)[:4]}
+    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+    ratio = next(ln for ln in text.splitlines() if ln.startswith("merged / unmerged time"))
+    return (f"From `benchmarks/RESULTS_adapter.md` ({head.get('Date')}, git {head.get('Git revision')}; "
+            f"`{head.get('Command')}`; {head.get('Model')}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+
+
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
+              "adapter_benchmark": adapter_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 

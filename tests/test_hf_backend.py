@@ -123,3 +123,78 @@ def test_a_repeated_prompt_and_answer_is_scored_once(judge_backend, monkeypatch)
     assert got[0] == got[2] and got[1] == got[3] and got[0] != got[4] and got[0] != got[1]
     alone = judge_backend.answer_logprobs(msgs[4:], answers[4:])
     assert got[4] == pytest.approx(alone[0], abs=1e-3)
+
+
+def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_models, tmp_path):
+    """For inference the hf backend merges a LoRA adapter into the weights (in fp32, then casts):
+    no PEFT layers are left, and in fp32 it scores answers as the unmerged PeftModel does."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    base_role = RoleConfig(batch_size=3, dtype="float32")
+    model, _, _, _ = hf.load_model_and_tokenizer(base_role.model, embedded_models, "cpu", "float32")
+    torch.manual_seed(0)
+    # init_lora_weights=False: lora_B random, not zero, so the adapter changes the model.
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                            init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    served = hf.HFBackend(base_role.model_copy(update={"adapter": str(tmp_path / "adapter")}), embedded_models)
+    assert not isinstance(served.model, PeftModel)
+    assert not any("lora_" in n for n, _ in served.model.named_parameters())
+    assert served.describe()["adapter_merged"] is True
+
+    msgs = [prompts.no_pers("How do I start drawing?"), prompts.no_pers("Which paints last longest?")]
+    answers = ["Start small.", "Acrylics, kept sealed, last for years."]
+    unmerged = hf.HFBackend(base_role, embedded_models)
+    unmerged.model = PeftModel.from_pretrained(unmerged.model, tmp_path / "adapter").eval()
+    base = hf.HFBackend(base_role, embedded_models).answer_logprobs(msgs, answers)
+    got, want = served.answer_logprobs(msgs, answers), unmerged.answer_logprobs(msgs, answers)
+    assert got == pytest.approx(want, abs=1e-3)
+    assert all(abs(g - b) > 1e-2 for g, b in zip(got, base))  # the adapter was applied
+
+
+def test_greedy_generation_answers_a_repeated_prompt_once(judge_backend, monkeypatch):
+    """Users who share a question get the same no-personalization prompt: greedy decoding answers
+    it once and every copy gets that answer, with the latency split so time sums stay true.
+    Sampled generation keeps every copy (independent samples)."""
+    from personal_nlf.llm.base import Sampling
+
+    a, b = prompts.no_pers("How do I start drawing?"), prompts.no_pers("Which paints last longest?")
+    generated = []
+    inner = judge_backend._generate
+    monkeypatch.setattr(judge_backend, "_generate", lambda texts, s: generated.append(len(texts)) or inner(texts, s))
+    greedy = Sampling(temperature=0.0, max_new_tokens=6, seed=0)
+    out = judge_backend.generate([a, b, a, a], greedy)
+    assert generated == [2]
+    assert out[0][0].text == out[2][0].text == out[3][0].text and out[0][0].text
+    alone = judge_backend.generate([a], greedy)[0][0]
+    assert out[0][0].text == alone.text and out[0][0].completion_tokens == alone.completion_tokens
+    # a and b were one batch (batch_size 3), each charged half of it; a's half is split over 3 copies.
+    assert out[0][0].latency_s == pytest.approx(out[2][0].latency_s) == pytest.approx(out[1][0].latency_s / 3)
+    judge_backend.generate([a, a], Sampling(temperature=1.0, max_new_tokens=6, seed=0))
+    assert generated[-1] == 2
+
+
+def test_adapter_benchmark_runs(embedded_models, tmp_path):
+    """benchmarks/bench_adapter.py at its smallest, on a random adapter: it must keep working, and
+    merging in fp32 must reproduce the unmerged fp32 effect (its table reports it)."""
+    import json
+    import re
+
+    from peft import LoraConfig, get_peft_model
+
+    model, _, _, _ = hf.load_model_and_tokenizer(RoleConfig().model, embedded_models, "cpu", "float32")
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+                   ).save_pretrained(tmp_path / "adapter")
+    rows = [{"prompt": prompts.no_pers(q), "revised": a} for q, a in
+            (("How do I start drawing?", "Start small."), ("Which paints last longest?", "Acrylics."))]
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    repo = Path(__file__).resolve().parent.parent
+    out = tmp_path / "adapter.md"
+    r = subprocess.run([sys.executable, "benchmarks/bench_adapter.py", "--adapter", str(tmp_path / "adapter"),
+                        "--targets", str(tmp_path / "rows.jsonl"), "--repeats", "1", "--models-dir",
+                        str(embedded_models), "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert "| fp32 unmerged (reference) |" in text and " merged | " in text and "merged / unmerged time" in text
+    assert float(re.search(r"max \|effect difference\| (\S+)", text).group(1)) < 1e-2

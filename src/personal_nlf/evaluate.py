@@ -270,7 +270,7 @@ def pairwise_metrics(method: str, recs: list[EvalRecord], pool: BackendPool, pol
     if not conds or not any(er.record.pairs for er in recs):
         return None
     cases = preferences.pairwise_conditions(recs, summaries, conds)
-    pool.keep_only([policy])  # the judge is done: the policy (generator) scores the pairs
+    pool.keep_only([policy])  # the planner is done: the policy (generator) scores the pairs
     pa = preferences.pairwise_accuracy(pool.get(policy).answer_logprobs, cases, n_boot=params.baselines.bootstrap_samples,
                                        seed=params.seed)
     return {"condition": conds[0], **pa}
@@ -294,14 +294,14 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
         described = {"policy": pool.get(policy).describe()}
         if plans:
             described["planner"] = pool.get(planner or params.models.planner).describe()
-        pool.keep_only([params.models.judge])  # answering is done: only the judge's engine stays
+        pairwise = pairwise_metrics(method, recs, pool, policy, params, summaries)  # while the policy is loaded
+        pool.keep_only([params.models.judge])  # the policy is done: only the judge's engine stays
         judge_rows = judge_answers(recs, answers, params, pool, out_dir)
         described["judge"] = pool.get(params.models.judge).describe()
         write_predictions(recs, answers, out_dir)
         write_json_atomic(out_dir / "sample_outputs.json", output_sample(recs, answers, judge_rows))
         result = method_metrics(method, recs, answers, plans, judge_rows, params, described, policy, prepared,
                                 extra, planner)
-        pairwise = pairwise_metrics(method, recs, pool, policy, params, summaries)
         if pairwise is not None:
             result["pairwise_accuracy"] = pairwise
     finally:

@@ -3,7 +3,9 @@ padding, chat templates, optional PEFT adapter, seeded sampling, next-token log-
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
 import math
 import os
 import time
@@ -51,9 +53,9 @@ def cpu_has_native_bf16() -> bool:
 
 
 def pick_dtype(dtype: str, device: str):
-    """Inference weights dtype. auto: bf16 on CUDA, and on a CPU with native bf16 (measured with
-    SmolLM2-135M on a 2-core AMD EPYC with AVX512-BF16: prefill 2.1x and greedy decoding 1.8x the
-    speed of fp32, benchmarks/RESULTS.md); fp32 on other CPUs and on MPS. An explicit dtype wins."""
+    """Inference weights dtype. auto: bf16 on CUDA, and on a CPU with native bf16 (faster than fp32
+    there: benchmarks/RESULTS_judge.md, generation and judge); fp32 on other CPUs, where bf16 is
+    emulated, and on MPS. An explicit dtype wins."""
     import torch
 
     if dtype == "auto":
@@ -73,14 +75,24 @@ def train_dtype(role_dtype: str, cuda: bool, bf16_ok: bool) -> str:
 
 def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="auto", adapter: str | None = None,
                              trainable: bool = False):
-    """Shared by the hf backend and training: resolve, load, move, attach adapter."""
+    """Shared by the hf backend and training: resolve, load, attach adapter, move.
+
+    For inference (not trainable) an adapter is merged into the weights in fp32 and the merged
+    model is then cast to the inference dtype. Unmerged under bf16, each LoRA output is added to a
+    bf16 activation and rounded away where it is under half an ulp, so part of the adapter's effect
+    is lost; merged, it keeps more of it and costs one matmul per layer instead of three
+    (benchmarks/RESULTS_adapter.md)."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = models.resolve(model_ref, models_dir)
     dev = pick_device(device)
+    infer_dtype = pick_dtype(dtype, dev)
+    merge = bool(adapter) and not trainable
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=pick_dtype(dtype, dev))
+        # Loaded on the host (the merge runs there, so an fp32 copy never needs room on a GPU).
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32 if merge else infer_dtype)
     except OSError as e:
         raise BackendError(f"could not load model {model_ref!r} from {path!r}: {e}") from None
     if tok.pad_token is None:
@@ -92,6 +104,8 @@ def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="a
         if not Path(adapter, "adapter_config.json").exists():
             raise BackendError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+        if merge:
+            model = model.merge_and_unload().to(infer_dtype)
     model.to(dev)
     if not trainable:
         model.eval()
@@ -153,9 +167,19 @@ class HFBackend(Backend):
 
     # ------------------------------------------------------------------ generation
     def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
+        texts = [self.render(p) for p in prompts]
+        if sampling.temperature > 0:
+            return self._generate(texts, sampling)
+        # Greedy: a repeated prompt (users who share a question, without personalization) is
+        # answered once; its copies share the answer and split its latency, so time sums stay true.
+        unique = list(dict.fromkeys(texts))
+        done = dict(zip(unique, self._generate(unique, sampling)))
+        copies = collections.Counter(texts)
+        return [[dataclasses.replace(g, latency_s=g.latency_s / copies[t]) for g in done[t]] for t in texts]
+
+    def _generate(self, texts: list[str], sampling: Sampling) -> list[list[Generation]]:
         import torch
 
-        texts = [self.render(p) for p in prompts]
         results: list[list[Generation] | None] = [None] * len(texts)
         # Length-sorted batches: less padding, and the order of the output does not depend on it.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -333,6 +357,7 @@ class HFBackend(Backend):
             "model_hash": models.folder_hash(self.path) if Path(self.path).exists() else self.path,
             "adapter": self.role.adapter,
             "adapter_hash": models.folder_hash(self.role.adapter) if self.role.adapter else None,
+            "adapter_merged": bool(self.role.adapter),  # load_model_and_tokenizer merges for inference
             "device": self.device,
             "dtype": str(next(self.model.parameters()).dtype),
             "prompt_format": "chat" if self.chat else "plain",
