@@ -324,12 +324,11 @@ def main(argv=None) -> int:
         # "logprob (full)", the code before this turn: every aspect's prompt computed in full (no
         # shared KV cache per answer), in float32 (dtype auto's choice on CPU then). "logprob
         # float32" isolates the shared prefix when dtype auto now picks bf16.
-        jb32 = jb if judge_dtype == "float32" else HFBackend(jrole.model_copy(update={"dtype": "float32"}),
-                                                             args.models_dir, seed=params.seed)
-        if jb32 is not jb:
-            jb32.choice_logprobs([jitems[0].messages()], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])  # warm-up
+        own32 = judge_dtype != "float32"  # a second, float32 judge backend for the before rows
+        jb32 = HFBackend(jrole.model_copy(update={"dtype": "float32"}), args.models_dir, seed=params.seed) if own32 else jb
         methods = {"logprob": jb, "logprob (full)": jb32, "generate": jb}
-        if jb32 is not jb:
+        if own32:
+            jb32.choice_logprobs([jitems[0].messages()], prompts.JUDGE_ANSWER_PREFIX, ["0", "1", "2"])  # warm-up
             methods["logprob float32"] = jb32
         for method, judge_backend in methods.items():
             hf_backend.MIN_SHARED_PREFIX = 10**9 if method == "logprob (full)" else shared_min
@@ -346,10 +345,10 @@ def main(argv=None) -> int:
             jtimes[method] = runs
         hf_backend.MIN_SHARED_PREFIX = shared_min
         keys = [it.key for it in jitems]
-        same_dtype = "logprob float32" if jb32 is not jb else "logprob"  # the shared path at the before's dtype
+        same_dtype = "logprob float32" if own32 else "logprob"  # the shared path at the before's dtype
         full_same = max(abs(scored[same_dtype][k]["score"] - scored["logprob (full)"][k]["score"]) for k in keys)
         dtype_diff = (max(abs(scored["logprob"][k]["score"] - scored["logprob float32"][k]["score"]) for k in keys)
-                      if jb32 is not jb else None)
+                      if own32 else None)
         lp = [scored["logprob"][k]["score"] for k in keys]
         gen = [scored["generate"][k]["score"] for k in keys]
         ok = [i for i, k in enumerate(keys) if not scored["generate"][k]["outcome"].startswith("failed")]
@@ -362,7 +361,8 @@ def main(argv=None) -> int:
             dist_lp=dict(sorted(Counter(round_half_up(x) for x in lp).items())), dtype=judge_dtype,
             dtype_diff=dtype_diff)
         jb.close()
-        jb32.close()
+        if own32:
+            jb32.close()
     for j in journals:
         j.close()
     tmp.cleanup()
