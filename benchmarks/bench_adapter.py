@@ -75,14 +75,15 @@ def main(argv=None) -> int:
     def logp(b):
         return torch.tensor(b.answer_logprobs(prompts_, targets))
 
-    ref = logp(backend("float32", args.adapter, False)) - logp(backend("float32", None, False))
+    base32 = logp(backend("float32", None, False))
+    ref = logp(backend("float32", args.adapter, False)) - base32
     base = logp(backend(infer, None, False))
     ways = {"unmerged": backend(infer, args.adapter, False), "merged": backend(infer, args.adapter, True)}
     fidelity = {}
     for name, b in ways.items():
         eff = logp(b) - base
         fidelity[name] = (eff, float((eff - ref).abs().mean()), float(eff.sum() / ref.sum()))
-    merged32 = logp(backend("float32", args.adapter, True)) - logp(backend("float32", None, False))
+    merged32 = logp(backend("float32", args.adapter, True)) - base32
 
     greedy = Sampling(temperature=0.0, max_new_tokens=role.max_new_tokens, seed=0)
     runs: dict[str, list[float]] = {n: [] for n in ways}

@@ -226,26 +226,27 @@ def training_signal(res: Path) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
+def side_by_side_benchmark(root: Path, name: str, label: str, ratio_prefix: str) -> str:
+    """A one-table benchmark file (benchmarks/<name>): its provenance, every table row and the
+    ratio line; `label` names the head line that says what was measured."""
+    text = (root / "benchmarks" / name).read_text()
+    head = {k: v.strip("`") for k, v in re.findall(rf"^- (Date|Git revision|Command|{label}): (.*)$", text, re.M)[:4]}
+    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
+    ratio = next(ln for ln in text.splitlines() if ln.startswith(ratio_prefix))
+    return (f"From `benchmarks/{name}` ({head.get('Date')}, git {head.get('Git revision')}; "
+            f"`{head.get('Command')}`; {head.get(label)}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+
+
 def pairwise_benchmark(root: Path) -> str:
     """benchmarks/RESULTS_pairwise.md (bench_pairwise.py): the pairwise likelihood pass with the
     prompt shared by a user's answers and with every sequence in full, side by side."""
-    text = (root / "benchmarks/RESULTS_pairwise.md").read_text()
-    head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command|Policy): (.*)$", text, re.M)[:4]}
-    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
-    ratio = next(ln for ln in text.splitlines() if ln.startswith("Shared / full time"))
-    return (f"From `benchmarks/RESULTS_pairwise.md` ({head.get('Date')}, git {head.get('Git revision')}; "
-            f"`{head.get('Command')}`; {head.get('Policy')}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+    return side_by_side_benchmark(root, "RESULTS_pairwise.md", "Policy", "Shared / full time")
 
 
 def adapter_benchmark(root: Path) -> str:
     """benchmarks/RESULTS_adapter.md (bench_adapter.py): a trained LoRA adapter served merged and
     unmerged, its effect on its own targets against fp32, and generation time, side by side."""
-    text = (root / "benchmarks/RESULTS_adapter.md").read_text()
-    head = {k: v.strip("`") for k, v in re.findall(r"^- (Date|Git revision|Command|Model): (.*)$", text, re.M)[:4]}
-    rows = [ln for ln in text.splitlines() if ln.startswith("|")]
-    ratio = next(ln for ln in text.splitlines() if ln.startswith("merged / unmerged time"))
-    return (f"From `benchmarks/RESULTS_adapter.md` ({head.get('Date')}, git {head.get('Git revision')}; "
-            f"`{head.get('Command')}`; {head.get('Model')}):\n\n" + "\n".join(rows) + f"\n\n{ratio}\n")
+    return side_by_side_benchmark(root, "RESULTS_adapter.md", "Model", "merged / unmerged time")
 
 
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,

@@ -125,20 +125,28 @@ def test_a_repeated_prompt_and_answer_is_scored_once(judge_backend, monkeypatch)
     assert got[4] == pytest.approx(alone[0], abs=1e-3)
 
 
-def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_models, tmp_path):
+@pytest.fixture(scope="module")
+def random_adapter(embedded_models, tmp_path_factory) -> Path:
+    """A LoRA adapter on the embedded policy with random lora_B (init_lora_weights=False: not zero),
+    so it changes the model."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    model, _, _, _ = hf.load_model_and_tokenizer(RoleConfig().model, embedded_models, "cpu", "float32")
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("random_adapter")
+    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
+                                     init_lora_weights=False)).save_pretrained(out)
+    return out
+
+
+def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_models, random_adapter):
     """For inference the hf backend merges a LoRA adapter into the weights (in fp32, then casts):
     no PEFT layers are left, and in fp32 it scores answers as the unmerged PeftModel does."""
-    import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
 
     base_role = RoleConfig(batch_size=3, dtype="float32")
-    model, _, _, _ = hf.load_model_and_tokenizer(base_role.model, embedded_models, "cpu", "float32")
-    torch.manual_seed(0)
-    # init_lora_weights=False: lora_B random, not zero, so the adapter changes the model.
-    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"],
-                                            init_lora_weights=False))
-    lora.save_pretrained(tmp_path / "adapter")
-    served = hf.HFBackend(base_role.model_copy(update={"adapter": str(tmp_path / "adapter")}), embedded_models)
+    served = hf.HFBackend(base_role.model_copy(update={"adapter": str(random_adapter)}), embedded_models)
     assert not isinstance(served.model, PeftModel)
     assert not any("lora_" in n for n, _ in served.model.named_parameters())
     assert served.describe()["adapter_merged"] is True
@@ -146,7 +154,7 @@ def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_model
     msgs = [prompts.no_pers("How do I start drawing?"), prompts.no_pers("Which paints last longest?")]
     answers = ["Start small.", "Acrylics, kept sealed, last for years."]
     unmerged = hf.HFBackend(base_role, embedded_models)
-    unmerged.model = PeftModel.from_pretrained(unmerged.model, tmp_path / "adapter").eval()
+    unmerged.model = PeftModel.from_pretrained(unmerged.model, random_adapter).eval()
     base = hf.HFBackend(base_role, embedded_models).answer_logprobs(msgs, answers)
     got, want = served.answer_logprobs(msgs, answers), unmerged.answer_logprobs(msgs, answers)
     assert got == pytest.approx(want, abs=1e-3)
@@ -175,23 +183,18 @@ def test_greedy_generation_answers_a_repeated_prompt_once(judge_backend, monkeyp
     assert generated[-1] == 2
 
 
-def test_adapter_benchmark_runs(embedded_models, tmp_path):
+def test_adapter_benchmark_runs(embedded_models, random_adapter, tmp_path):
     """benchmarks/bench_adapter.py at its smallest, on a random adapter: it must keep working, and
     merging in fp32 must reproduce the unmerged fp32 effect (its table reports it)."""
     import json
     import re
 
-    from peft import LoraConfig, get_peft_model
-
-    model, _, _, _ = hf.load_model_and_tokenizer(RoleConfig().model, embedded_models, "cpu", "float32")
-    get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-                   ).save_pretrained(tmp_path / "adapter")
     rows = [{"prompt": prompts.no_pers(q), "revised": a} for q, a in
             (("How do I start drawing?", "Start small."), ("Which paints last longest?", "Acrylics."))]
     (tmp_path / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     repo = Path(__file__).resolve().parent.parent
     out = tmp_path / "adapter.md"
-    r = subprocess.run([sys.executable, "benchmarks/bench_adapter.py", "--adapter", str(tmp_path / "adapter"),
+    r = subprocess.run([sys.executable, "benchmarks/bench_adapter.py", "--adapter", str(random_adapter),
                         "--targets", str(tmp_path / "rows.jsonl"), "--repeats", "1", "--models-dir",
                         str(embedded_models), "--out", str(out)], cwd=repo, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
