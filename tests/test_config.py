@@ -33,6 +33,9 @@ def test_unknown_top_level_key_names_key_and_file(tmp_path):
     ("models:\n  judge:\n    backend: llamafile\n", r"models\.judge\.backend"),  # bad backend value
     ("data:\n  splits: [train, dev]\n", "unknown split"),
     ("mode: summary\n", "pipelines/summary/dvc.yaml"),  # summary mode is its own pipeline now
+    # A reward read from the generator's likelihoods, on a backend that has none: refused up front.
+    ("summary:\n  reward: popi\nmodels:\n  generator:\n    backend: openai\n",
+     r"summary\.reward=popi .*models\.generator\.backend to one of hf, vllm"),
 ])
 def test_a_bad_value_is_refused_naming_its_key(tmp_path, text, named):
     with pytest.raises(ConfigError, match=named):
@@ -50,3 +53,9 @@ def test_params_frozen():
     p = Params()
     with pytest.raises(Exception):
         p.seed = 1
+
+
+def test_likelihood_rewards_accept_the_backends_that_score_answers():
+    for backend in ("hf", "vllm"):
+        Params.model_validate({"summary": {"reward": "popi"}, "models": {"generator": {"backend": backend}}})
+    Params.model_validate({"summary": {"reward": "judge"}, "models": {"generator": {"backend": "openai"}}})

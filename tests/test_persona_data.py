@@ -145,6 +145,19 @@ def leaks(prompt_json: str, er: evaluate.EvalRecord) -> list[str]:
     return [s for s in secrets_of(er.record) if s in prompt_json]
 
 
+def test_pairwise_accuracy_on_a_backend_without_likelihoods_is_refused_before_answering(tmp_path):
+    """Records with preference pairs and an openai policy: a ConfigError before any model is
+    loaded or answer generated (the pairwise pass would need the policy's log-likelihoods)."""
+    from personal_nlf.config import ConfigError, RoleConfig, load_params
+
+    params = load_params(ROOT / "params.yaml")
+    policy = RoleConfig(backend="openai", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ConfigError, match=r"rag: the test records carry preference pairs.*openai backend cannot"):
+        evaluate.evaluate_method("rag", params, None, "unused-index", None, tmp_path / "out", tmp_path / "m.json",
+                                 policy=policy, records=eval_records(n=1))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
 @pytest.mark.parametrize("method", evaluate.METHODS)
 def test_evaluation_prompts_never_carry_the_persona(method, tmp_path):
     ers, log = eval_records(), []

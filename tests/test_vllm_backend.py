@@ -209,6 +209,24 @@ def test_vllm_lora_matches_peft(worker, hf, model_dir, adapter_dir):
 
 
 @pytest.mark.slow
+def test_vllm_answer_logprobs_match_the_hf_backend(worker, model_dir, adapter_dir):
+    """Pairwise preference accuracy and the popi reward read answer log-likelihoods: vLLM's
+    (prompt_logprobs) must be the hf backend's sums, with and without the adapter (both fp32)."""
+    from personal_nlf.llm.hf import HFBackend
+
+    prompts_ = [worker["prompts"][i] for i, _ in worker["answers"]]
+    answers = [a for _, a in worker["answers"]]
+    for adapter, got in ((None, worker["answers_base"]), (str(adapter_dir), worker["answers_lora"])):
+        ref = HFBackend(RoleConfig(model=str(model_dir), adapter=adapter, dtype="float32")).answer_logprobs(prompts_, answers)
+        assert all(math.isfinite(v) and v < 0 for v in got), got
+        for v, r in zip(got, ref):
+            assert abs(v - r) < 1e-3, (adapter, got, ref)  # measured: within 8e-05
+    base, lora = worker["answers_base"], worker["answers_lora"]
+    assert base[0] == base[3] and base[0] != base[1], "a repeated pair scores the same; different answers differ"
+    assert max(abs(b - lo) for b, lo in zip(base, lora)) > 1e-2, "the adapter did not change the likelihoods"
+
+
+@pytest.mark.slow
 def test_vllm_choice_logprobs(worker, hf):
     tok, model = hf
     got, top_only = worker["choices"][0], worker["choices_top20_only"][0]

@@ -3,7 +3,7 @@
 Started by tests/test_vllm_backend.py as
     .venv-vllm/bin/python tests/vllm_worker.py --model DIR --adapter DIR --out FILE
 One engine start serves everything (base prompts with use_adapter=False, LoRA prompts, choice
-log-probs, truncation, sampling), because starting vLLM costs ~50 s on a 2-core CPU.
+log-probs, answer log-likelihoods, truncation, sampling), because starting vLLM costs ~50 s on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ SHARED = ("Rate how well the response covers the aspect, 0 (not at all), 1 (part
           "it when the top inch of soil is dry, about twice a week, and give it a sunny window.\n")
 ASPECT_PROMPTS = [[{"role": "user", "content": SHARED + f"Aspect: {a}"}] for a in ("watering schedule", "light")]
 ANSWER_PREFIX = '{"match_score": '
+# answer_logprobs: two answers to one prompt (a preference pair), another prompt, and a repeat.
+ANSWERS = [(0, "The capital of France is Paris."), (0, "I think it is London, in England."),
+           (1, "Salt, Fat, Acid, Heat by Samin Nosrat."), (0, "The capital of France is Paris.")]
 CHOICES = ["0", "1", "2", "Paris"]
 
 
@@ -83,6 +86,9 @@ def main() -> None:
     # With prefix caching: both aspects in one submission, then each alone (cache warm).
     aspects_together = be.choice_logprobs(ASPECT_PROMPTS, ANSWER_PREFIX, CHOICES[:3], use_adapter=False)
     aspects_alone = [be.choice_logprobs([p], ANSWER_PREFIX, CHOICES[:3], use_adapter=False)[0] for p in ASPECT_PROMPTS]
+    answer_prompts, answer_texts = [PROMPTS[i] for i, _ in ANSWERS], [a for _, a in ANSWERS]
+    answers_base = be.answer_logprobs(answer_prompts, answer_texts, use_adapter=False)
+    answers_lora = be.answer_logprobs(answer_prompts, answer_texts)
     logprob_s = time.perf_counter() - t2
 
     # Streaming: every prompt exactly once, each with the text generate() gives.
@@ -118,6 +124,9 @@ def main() -> None:
         "aspects_alone": aspects_alone,
         "streamed": {str(k): v for k, v in streamed.items()},
         "choices_lora": choices_lora,
+        "answers": [[i, a] for i, a in ANSWERS],
+        "answers_base": answers_base,
+        "answers_lora": answers_lora,
         "truncated": dump(trunc),
         "sampled": dump(sampled),
         "describe": be.describe(),

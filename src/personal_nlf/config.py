@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DOMAINS = ("Art_and_Entertainment", "Lifestyle_and_Personal_Development", "Society_and_Culture")
 SPLITS = ("train", "validation", "test")
@@ -62,6 +62,12 @@ class RetrievalConfig(Section):
     k: int = Field(default=10, ge=1)
     batch_size: int = Field(default=64, ge=1)
     device: str = "auto"
+
+
+# Backends that return an answer's log-likelihood (Backend.answer_logprobs): pairwise preference
+# accuracy and summary mode's preference / popi rewards need one; an OpenAI-compatible endpoint
+# returns no prompt log-probs.
+ANSWER_SCORING_BACKENDS = ("hf", "vllm")
 
 
 class RoleConfig(Section):
@@ -277,12 +283,23 @@ class Params(Section):
     transfer: TransferConfig = TransferConfig()
     tracking: TrackingConfig = TrackingConfig()
 
+    @model_validator(mode="after")
+    def _rewards_can_be_scored(self) -> "Params":
+        # Refused here, before any stage runs, rather than at the first reward call of a GRPO step.
+        if self.summary.reward in ("preference", "popi") and self.models.generator.backend not in ANSWER_SCORING_BACKENDS:
+            raise ValueError(f"summary.reward={self.summary.reward} scores answers by the generator's log-likelihoods, "
+                             f"which the {self.models.generator.backend} backend cannot return: set "
+                             f"models.generator.backend to one of {', '.join(ANSWER_SCORING_BACKENDS)}")
+        return self
+
 
 def _describe(err: ValidationError, path: Path) -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        if e["type"] == "extra_forbidden":
+        if not e["loc"]:  # a check across sections (Params' model validators): the message says it all
+            lines.append(f"{path}: {str(e['msg']).removeprefix('Value error, ')}")
+        elif e["type"] == "extra_forbidden":
             lines.append(f"{path}: unknown key '{key}' (check the spelling; see params.yaml docs in README)")
         else:
             lines.append(f"{path}: key '{key}': {e['msg']} (got {e.get('input')!r})")

