@@ -22,10 +22,7 @@ target), which `make repro` writes. About 2 minutes on an idle 2-core CPU.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -33,21 +30,27 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import git_rev, machine  # noqa: E402
+from bench_generation import provenance_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def adapter_args(doc: str, out: str) -> argparse.ArgumentParser:
+    """The arguments both adapter benchmarks take (this one and bench_vllm_adapter.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--adapter", default="outputs/nlf/iter_2/train_policy/adapter")
     ap.add_argument("--targets", default="outputs/nlf/iter_2/train_policy/policy_data.jsonl",
                     help="JSONL rows with `prompt` (messages) and `revised` (the target answer)")
     ap.add_argument("--max-rows", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--models-dir", default="models/embedded")
     ap.add_argument("--params", default="params.yaml", help="the policy role (model, max_new_tokens, batch size)")
-    ap.add_argument("--out", default="benchmarks/RESULTS_adapter.md")
+    ap.add_argument("--out", default=out)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = adapter_args(__doc__, "benchmarks/RESULTS_adapter.md")
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
 
     import torch
@@ -100,13 +103,8 @@ def main(argv=None) -> int:
 
     med = {n: statistics.median(v) for n, v in runs.items()}
     same = sum(a == b for a, b in zip(outs["unmerged"], outs["merged"]))
-    cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     lines = [
-        "# Serving a LoRA adapter: merged vs unmerged", "",
-        f"- Date: {dt.date.today().isoformat()}",
-        f"- Machine: {machine()}",
-        f"- Command: `{cmd}`",
-        f"- Git revision: {git_rev(REPO)}",
+        *provenance_head("Serving a LoRA adapter: merged vs unmerged", REPO),
         f"- Model: {role.model} + adapter `{args.adapter}`; inference dtype {infer} (dtype {role.dtype})",
         f"- Rows: {len(rows)} of `{args.targets}` (prompt, revised target)",
         f"- Total benchmark runtime: {time.perf_counter() - t_start:.0f} s; load average at start "

@@ -142,7 +142,8 @@ def random_adapter(embedded_models, tmp_path_factory) -> Path:
 
 def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_models, random_adapter):
     """For inference the hf backend merges a LoRA adapter into the weights (in fp32, then casts):
-    no PEFT layers are left, and in fp32 it scores answers as the unmerged PeftModel does."""
+    no PEFT layers are left, and in fp32 it scores answers as the unmerged PeftModel
+    (adapter_serving: lora) does."""
     from peft import PeftModel
 
     base_role = RoleConfig(batch_size=3, dtype="float32")
@@ -153,8 +154,9 @@ def test_an_adapter_is_served_merged_and_scores_as_the_peft_model(embedded_model
 
     msgs = [prompts.no_pers("How do I start drawing?"), prompts.no_pers("Which paints last longest?")]
     answers = ["Start small.", "Acrylics, kept sealed, last for years."]
-    unmerged = hf.HFBackend(base_role, embedded_models)
-    unmerged.model = PeftModel.from_pretrained(unmerged.model, random_adapter).eval()
+    unmerged = hf.HFBackend(base_role.model_copy(update={"adapter": str(random_adapter), "adapter_serving": "lora"}),
+                            embedded_models)
+    assert isinstance(unmerged.model, PeftModel) and unmerged.describe()["adapter_merged"] is False
     base = hf.HFBackend(base_role, embedded_models).answer_logprobs(msgs, answers)
     got, want = served.answer_logprobs(msgs, answers), unmerged.answer_logprobs(msgs, answers)
     assert got == pytest.approx(want, abs=1e-3)

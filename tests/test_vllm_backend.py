@@ -227,6 +227,25 @@ def test_vllm_answer_logprobs_match_the_hf_backend(worker, model_dir, adapter_di
 
 
 @pytest.mark.slow
+def test_vllm_serves_an_adapter_merged(worker, hf, model_dir, adapter_dir):
+    """adapter_serving: merged (the default): the engine loads the adapter merged into the weights
+    (fp32 here): the same greedy text as PEFT and the same answer likelihoods as LoRA requests; the
+    base model is refused (not in that engine); the merged copy is gone after close."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    d = worker["merged_describe"]
+    assert d["adapter_serving"] == "merged" and d["adapter_hash"] not in (None, "hub")
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=hf[1].dtype)
+    peft_model = PeftModel.from_pretrained(base, adapter_dir).eval()
+    _assert_matches(hf[0], worker["merged_lora"], _hf_greedy(hf[0], peft_model, worker["prompts"]), "merged")
+    for m, lo in zip(worker["merged_answers"], worker["answers_lora"]):
+        assert abs(m - lo) < 1e-3, (worker["merged_answers"], worker["answers_lora"])
+    assert "served merged" in (worker["merged_base_refused"] or ""), worker["merged_base_refused"]
+    assert worker["merged_dir_existed"] and worker["merged_dir_removed"]
+
+
+@pytest.mark.slow
 def test_vllm_choice_logprobs(worker, hf):
     tok, model = hf
     got, top_only = worker["choices"][0], worker["choices_top20_only"][0]

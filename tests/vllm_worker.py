@@ -2,8 +2,10 @@
 
 Started by tests/test_vllm_backend.py as
     .venv-vllm/bin/python tests/vllm_worker.py --model DIR --adapter DIR --out FILE
-One engine start serves everything (base prompts with use_adapter=False, LoRA prompts, choice
-log-probs, answer log-likelihoods, truncation, sampling), because starting vLLM costs ~50 s on a 2-core CPU.
+One engine with the adapter as LoRA requests serves nearly everything (base prompts with
+use_adapter=False, LoRA prompts, choice log-probs, answer log-likelihoods, truncation, sampling),
+because starting vLLM costs ~50 s on a 2-core CPU; a second engine serves the adapter merged (the
+default adapter_serving).
 """
 
 from __future__ import annotations
@@ -50,11 +52,11 @@ def main() -> None:
     args = ap.parse_args()
 
     from personal_nlf.config import RoleConfig
-    from personal_nlf.llm.base import Sampling
+    from personal_nlf.llm.base import BackendError, Sampling
     from personal_nlf.llm.vllm_backend import VLLMBackend
 
     role = RoleConfig(model=args.model, adapter=args.adapter, backend="vllm", dtype="auto",
-                      max_model_len=1024, max_input_tokens=512)
+                      max_model_len=1024, max_input_tokens=512, adapter_serving="lora")
     t0 = time.perf_counter()
     be = VLLMBackend(role, seed=0)
     start_s = time.perf_counter() - t0
@@ -132,6 +134,23 @@ def main() -> None:
         "describe": be.describe(),
     }
     be.close()
+
+    # The adapter served merged: its own engine, loading the merged copy; no base model in it.
+    t5 = time.perf_counter()
+    merged = VLLMBackend(role.model_copy(update={"adapter_serving": "merged"}), seed=0)
+    merged_dir = merged.merged_dir
+    result["merged_start_s"] = time.perf_counter() - t5
+    result["merged_lora"] = dump(merged.generate(PROMPTS, greedy))
+    result["merged_answers"] = merged.answer_logprobs(answer_prompts, answer_texts)
+    try:
+        merged.generate(PROMPTS[:1], greedy, use_adapter=False)
+        result["merged_base_refused"] = None
+    except BackendError as e:
+        result["merged_base_refused"] = str(e)
+    result["merged_describe"] = merged.describe()
+    result["merged_dir_existed"] = bool(merged_dir) and Path(merged_dir, "config.json").exists()
+    merged.close()
+    result["merged_dir_removed"] = not Path(merged_dir).exists()
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
 
 

