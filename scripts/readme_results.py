@@ -249,9 +249,15 @@ def adapter_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_adapter.md", "Model", "merged / unmerged time")
 
 
+def vllm_adapter_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_vllm_adapter.md (bench_vllm_adapter.py): a trained LoRA adapter on vLLM,
+    as LoRA requests and merged, its effect on its own targets against fp32."""
+    return side_by_side_benchmark(root, "RESULTS_vllm_adapter.md", "Model", "bfloat16 effect kept")
+
+
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
-              "adapter_benchmark": adapter_benchmark,
+              "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 
