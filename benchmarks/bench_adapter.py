@@ -1,8 +1,9 @@
 """Serving a LoRA adapter for inference: merged into the weights vs PEFT's unmerged layers.
 
 The hf backend merges an adapter into the weights in fp32 and then casts to the inference dtype
-(`llm/hf.load_model_and_tokenizer`). Before, it kept PEFT's LoRA layers on base weights already in
-the inference dtype. This measures both on a trained adapter, in one run:
+(`llm/hf.load_model_and_tokenizer`, `adapter_serving: merged`). Before, it kept PEFT's LoRA layers
+on base weights already in the inference dtype (`adapter_serving: lora`). This measures both on a
+trained adapter, in one run:
 
 - *fidelity*: the adapter's effect on its own training targets, log p(target | prompt) with the
   adapter minus without it, for each way of serving it, against the same effect in fp32 (unmerged,
@@ -54,7 +55,6 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from peft import PeftModel
 
     from personal_nlf.config import load_params
     from personal_nlf.io import read_jsonl
@@ -69,11 +69,10 @@ def main(argv=None) -> int:
     infer = str(hf.pick_dtype(role.dtype, hf.pick_device(role.device))).replace("torch.", "")
 
     def backend(dtype: str, adapter: str | None, merged: bool) -> hf.HFBackend:
-        r = role.model_copy(update={"dtype": dtype, "adapter": adapter if merged else None})
-        b = hf.HFBackend(r, args.models_dir)
-        if adapter and not merged:  # the old path: PEFT's LoRA layers on base weights in `dtype`
-            b.model = PeftModel.from_pretrained(b.model, adapter).eval()
-        return b
+        # Unmerged (adapter_serving: lora): PEFT's LoRA layers on base weights in `dtype`.
+        return hf.HFBackend(role.model_copy(update={"dtype": dtype, "adapter": adapter,
+                                                    "adapter_serving": "merged" if merged else "lora"}),
+                            args.models_dir)
 
     def logp(b):
         return torch.tensor(b.answer_logprobs(prompts_, targets))

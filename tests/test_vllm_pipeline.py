@@ -62,7 +62,7 @@ def test_every_generation_and_judgement_came_from_vllm(vllm_pipeline):
     text = "".join(p.read_text() for p in produced)
     assert '"backend": "hf"' not in text and '"backend":"hf"' not in text, "some role ran on the hf backend"
     assert "label_mass" in text  # the logprob judge (on vLLM) reported its label mass
-    # The trained policy adapter was evaluated as a LoRA request on the vLLM engine.
+    # The trained adapters were served by the vLLM engine (merged into its weights, the default).
     import json
 
     assert (repo / "outputs/nlf/iter_1/train_feedback/adapter/adapter_config.json").exists()
@@ -72,10 +72,10 @@ def test_every_generation_and_judgement_came_from_vllm(vllm_pipeline):
     assert pol["backend"] == "vllm" and pol["prefix_caching"] is True
     # On this slice (2 records a split, vLLM's greedy numbers) the 135M judge preferred no revision,
     # so train_policy skips ("no sft training examples") and evaluate@1 runs the base policy. When
-    # it does train, the adapter must reach the engine as a LoRA request.
-    # TODO: a param setting that always yields policy examples, so the LoRA path is always checked here.
+    # it does train, the adapter must reach the engine. (The feedback adapter always does: it writes
+    # train_policy's feedback.) No param setting here guarantees policy examples.
     if state.get("adapter"):
-        assert pol["adapter_hash"], pol
+        assert pol["adapter_hash"] and pol["adapter_serving"] == "merged", pol
     else:
         assert state.get("skipped") == "no sft training examples", state
     assert m["provenance"]["models"]["judge"]["backend"] == "vllm" and 0 <= m["macro"] <= 1
