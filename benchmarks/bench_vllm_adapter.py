@@ -63,7 +63,9 @@ def main(argv=None) -> int:
         start = time.perf_counter() - t0
         try:
             with_adapter = be.answer_logprobs(prompts_, targets)
-            base = be.answer_logprobs(prompts_, targets, use_adapter=False) if serving == "lora" else None
+            # The base model from the same LoRA-enabled engine: a view for a role without the adapter.
+            base = (be.for_role(be.role.model_copy(update={"adapter": None})).answer_logprobs(prompts_, targets)
+                    if serving == "lora" else None)
             return with_adapter, base, start, be.vllm_version
         finally:
             be.close()

