@@ -68,10 +68,13 @@ def results(root: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_times_from_logs(root: Path) -> dict[str, float]:
-    """Seconds of each stage's last run, from logs/<stage>.log ("done in X s" after the last "start:")."""
+def stage_times_from_logs(root: Path, keep=None) -> dict[str, float]:
+    """Seconds of each stage's last run, from logs/<stage>.log ("done in X s" after the last "start:");
+    with `keep`, only the logs whose stage name it accepts."""
     out = {}
     for log in sorted((root / "logs").glob("*.log")):
+        if keep is not None and not keep(log.stem):
+            continue
         last = None
         for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
             if " start: " in line:
@@ -84,13 +87,13 @@ def stage_times_from_logs(root: Path) -> dict[str, float]:
     return out
 
 
-def stage_times_record(root: Path, machine: str, wall_minutes: float | None) -> dict:
+def stage_times_record(root: Path, machine: str, wall_minutes: float | None, keep=None) -> dict:
     """metrics/stage_times.json of a finished run in `root`: today's date, the machine, the measured
-    wall time and each stage's seconds from its logs."""
+    wall time and each stage's seconds from its logs (those `keep` accepts)."""
     import time
 
     return {"date": time.strftime("%Y-%m-%d"), "machine": machine, "wall_minutes": wall_minutes,
-            "seconds": stage_times_from_logs(root)}
+            "seconds": stage_times_from_logs(root, keep)}
 
 
 def timings(root: Path) -> str:

@@ -11,7 +11,7 @@ params.yaml (RUNS below) and then `collect`s it.
 `collect` copies into results/<run>/: the run's metrics/ (report, per-method metrics, run records),
 its params.yaml and dvc.lock (and pipelines/summary/dvc.lock for the summary pipeline), the per-question generations and judge scores of every evaluated
 method (so `personal-nlf rescore` can recompute them), the VAC loop's target counts, offline RL's
-selections, the summarizer's reward curves, the exported summaries (exports/, summary pipeline), the stage times from
+selections, the summarizer's reward curves, the exported summaries (exports/, summary pipeline), its pipeline's stage times from
 its logs (with date, machine and wall time), and run.json (the git revision its stages ran at, from
 the run records, and the command). The README's result blocks are generated from those files
 (scripts/readme_results.py).
@@ -65,6 +65,17 @@ OTHER_PIPELINES_METRICS = {"default": {"summary", "summary_report.md", "summary_
                            "summary": {"nlf", "offline_rl", "report.md", "report.json", "domain_scores.json",
                                        "nlf_iterations.json", "offline_rl_iterations.json"}}
 LOOP_FOLDERS = {"default": {"summary"}, "summary": {"nlf", "offline_rl"}}
+# Stages only the summary pipeline has, besides its loop's (logs/iteration_summary_*.log).
+SUMMARY_ONLY_STAGES = {"transfer_models", "export", "transfer"}
+
+
+def own_stage_log(pipeline: str, log_name: str) -> bool:
+    """Whether logs/<log_name>.log is a stage of this run's pipeline (a clone that ran both keeps
+    both's logs). The summary pipeline's run counts only its own stages: the ones it shares with
+    the default (prepare, index, the baselines) are the default run's, restored from DVC's cache;
+    `report` is the last run's (each pipeline has one)."""
+    summary = log_name.startswith("iteration_summary_") or log_name in SUMMARY_ONLY_STAGES
+    return summary or log_name == "report" if pipeline == "summary" else not summary
 
 # Per-question files of every evaluated method (relative to the clone); missing ones are skipped.
 KEPT = ["outputs/baselines/*/generations.jsonl", "outputs/baselines/*/judge_scores.jsonl",
@@ -140,7 +151,8 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
             shutil.copy2(src, dst)
     # Date, machine and wall time live in stage_times.json; run.json adds what produced the run.
     (dest / "metrics/stage_times.json").write_text(
-        json.dumps(stage_times_record(clone, machine, wall_minutes), indent=2) + "\n")
+        json.dumps(stage_times_record(clone, machine, wall_minutes, lambda name: own_stage_log(pipeline, name)),
+                   indent=2) + "\n")
     (dest / "run.json").write_text(json.dumps({"git_revision": rev, "command": cmd or command(run)}, indent=2) + "\n")
     print(f"wrote {dest.relative_to(ROOT)} from {clone} (git {rev[:12]})")
     if not RUNS[run]:  # the default's run: its metrics/, exports/ and dvc.lock are also the top-level ones

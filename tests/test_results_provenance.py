@@ -167,6 +167,7 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
              "outputs/baselines/rag/generations.jsonl": "", "outputs/baselines/rag/predictions/x": "",
              "outputs/nlf/iter_1/evaluate/judge_scores.jsonl": "", "outputs/summary/iter_1/evaluate/summaries.jsonl": "",
              "logs/baseline_rag.log": "t start: x\nt done in 9.0 s\nt start: x\nt done in 3.5 s\n",
+             "logs/iteration_summary_rank_1.log": "t start: x\nt done in 2.0 s\n",
              "params.yaml": "seed: 1\n", "dvc.yaml": "stages:\n  prepare:\n    cmd: echo\n",
              # DVC keeps a removed stage's entry (`export` left the default pipeline): collect drops it.
              "dvc.lock": "schema: '2.0'\nstages:\n  prepare:\n    cmd: echo\n  export:\n    cmd: echo\n"}
@@ -188,7 +189,8 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
                     "params.yaml", "dvc.lock", "pipelines/summary/dvc.lock", "run.json"}
     assert set(yaml.safe_load((out / "dvc.lock").read_text())["stages"]) == {"prepare"}
     assert set(yaml.safe_load((out / "pipelines/summary/dvc.lock").read_text())["stages"]) == {"summarize"}
-    assert json.loads((out / "metrics/stage_times.json").read_text())["seconds"] == {"baseline_rag": 3.5}
+    # Each run's stage times are its own pipeline's stages (the shared ones are the default's).
+    assert json.loads((out / "metrics/stage_times.json").read_text())["seconds"] == {"iteration_summary_rank_1": 2.0}
     assert json.loads((out / "metrics/stage_times.json").read_text())["wall_minutes"] == 12.5
     assert json.loads((out / "run.json").read_text())["command"].startswith(
         "dvc exp run pipelines/summary/dvc.yaml -S summary.reward=popi")
@@ -197,5 +199,7 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
     kept = {str(p.relative_to(tmp_path / "repo/results/persona")) for p in (tmp_path / "repo/results/persona").rglob("*")}
     assert "metrics/nlf/iter_1.json" in kept and "outputs/nlf/iter_1/evaluate/judge_scores.jsonl" in kept
     assert not any("summary" in k for k in kept)
+    stage_times = tmp_path / "repo/results/persona/metrics/stage_times.json"
+    assert json.loads(stage_times.read_text())["seconds"] == {"baseline_rag": 3.5}
     # The default's run (no overrides) is also the top-level metrics/ and dvc.lock.
     assert (tmp_path / "repo/metrics/nlf/iter_1.json").exists() and (tmp_path / "repo/dvc.lock").exists()
