@@ -106,6 +106,22 @@ def test_which_vllm_roles_share_an_engine():
     assert key(hf) != key(hf.model_copy(update={"adapter": "pi/0"}))
 
 
+def test_a_merged_engine_serves_only_its_own_adapter_and_views_never_close_it():
+    from personal_nlf.llm.vllm_backend import VLLMBackend
+
+    be = VLLMBackend.__new__(VLLMBackend)  # the engine's state without starting one
+    be.role, be.lora_enabled, be.llm = RoleConfig(backend="vllm", adapter="org/phi-1"), False, object()
+    be._merged_cleanup = lambda: pytest.fail("a view removed the owner's merged copy")
+    with pytest.raises(BackendError, match="serves org/phi-1 in its weights; a role with no adapter"):
+        be.for_role(be.role.model_copy(update={"adapter": None}))
+    with pytest.raises(BackendError, match="a role with org/pi-0 needs its own engine"):
+        be.for_role(be.role.model_copy(update={"adapter": "org/pi-0"}))
+    view = be.for_role(be.role.model_copy(update={"max_input_tokens": 512}))
+    assert view.max_input_tokens == 512 and view.adapter_path == "org/phi-1" and view.is_view
+    view.close()
+    assert be.llm is not None and view.llm is be.llm  # the owner's engine is untouched
+
+
 # -- the real engine ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
