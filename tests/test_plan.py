@@ -156,6 +156,30 @@ def test_vllm_engine_memory_for_the_7b_policy():
     assert not n.problem and "~22 x 8192" in n.note
 
 
+def test_grpo_memory_with_trls_colocated_vllm_engine():
+    """The 7B summarizer's GRPO trainer samples with transformers (its KV cache), through TRL's
+    vLLM engine colocated in the training process (that engine's whole share), or through a
+    `trl vllm-serve` elsewhere (nothing here)."""
+    shape = plan.model_shape("Qwen/Qwen2.5-7B-Instruct")
+
+    def grpo_need(backend, mode="colocate", util=0.3, tp=1):
+        role = RoleConfig(model="Qwen/Qwen2.5-7B-Instruct", backend=backend, max_input_tokens=1024,
+                          max_new_tokens=128, gpu_memory_utilization=util, tensor_parallel_size=tp)
+        p = Params.model_validate({"summary": {"grpo_vllm_mode": mode, "num_generations": 4}})
+        return plan.need(plan.Load("summarizer (grpo)", role, "train", role.model, "grpo"), shape, p, 1, 80)
+
+    hf, colocated, server = grpo_need("hf"), grpo_need("vllm"), grpo_need("vllm", "server")
+    # hf: KV of G = 4 completions of 1024 + 128 tokens: 4 x 1152 x 57,344 B = 264,241,152 B.
+    assert round(hf.kv * GIB) == 264_241_152
+    assert round((hf.held - server.held) * GIB) == 264_241_152 and server.kv == 0
+    # colocate: the engine's 0.3 x 80 = 24 GiB instead of that KV cache, its own 14.185 GiB of weights inside.
+    assert round(colocated.held - hf.held, 4) == round(24 - 264_241_152 / GIB, 4)
+    assert round(colocated.kv, 3) == 9.815 and not colocated.problem and "colocated vLLM" in colocated.note
+    # 0.15 x 80 = 12 GiB cannot hold the 14.185 GiB of weights.
+    assert "colocated vLLM gets 12.0 GiB" in grpo_need("vllm", util=0.15).problem
+    assert "tensor_parallel_size 2" in grpo_need("vllm", tp=2).problem
+
+
 def test_a_judge_too_big_for_one_gpu_is_split_when_gpus_allow():
     role = RoleConfig(model="Qwen/Qwen2.5-32B-Instruct", backend="vllm", max_model_len=8192, gpu_memory_utilization=0.9)
     ld = plan.Load("judge", role, "generate", role.model)

@@ -524,9 +524,27 @@ def need(ld: Load, shape: Shape, params: Params, gpus: int, gpu_gib: float, kv_s
         return n
     if ld.kind == "train":
         t = params.train
+        colocated = 0.0
         if ld.objective == "grpo":
             B, s = params.summary.num_generations, cfg.max_input_tokens + cfg.max_new_tokens
-            n.kv = B * s * shape.kv_bytes_per_token(1, b) / GIB
+            if cfg.backend != "vllm":  # the trainer samples with transformers: its KV cache
+                n.kv = B * s * shape.kv_bytes_per_token(1, b) / GIB
+            elif params.summary.grpo_vllm_mode == "colocate":
+                # TRL's vLLM engine in the training process: a second copy of the weights and its
+                # KV cache, in the summarizer's gpu_memory_utilization share of the GPU.
+                colocated = cfg.gpu_memory_utilization * gpu_gib
+                n.kv = colocated - shape.params * b / GIB
+                n.note = f"+ TRL's colocated vLLM engine ({cfg.gpu_memory_utilization:g} of the GPU)"
+                one_seq = shape.params * b / GIB + s * shape.kv_bytes_per_token(1, b) / GIB
+                if colocated < one_seq:
+                    n.problem = (f"TRL's colocated vLLM gets {colocated:.1f} GiB (gpu_memory_utilization "
+                                 f"{cfg.gpu_memory_utilization:g}) < {one_seq:.1f} GiB of weights + one {s}-token "
+                                 "sequence's KV; raise the summarizer's gpu_memory_utilization")
+                if cfg.tensor_parallel_size != 1:
+                    n.problem = (f"GRPO trains in one process, so TRL's colocated vLLM cannot use tensor_parallel_size "
+                                 f"{cfg.tensor_parallel_size}; set it to 1, or summary.grpo_vllm_mode: server")
+            else:
+                n.note = "samples through `trl vllm-serve` (its own GPUs)"
         else:
             B, s = t.per_device_batch_size * (2 if ld.objective == "dpo" else 1), t.max_length
         checkpointing = getattr(t, "gradient_checkpointing", "auto") in ("auto", True)  # auto = on with CUDA
@@ -534,10 +552,10 @@ def need(ld: Load, shape: Shape, params: Params, gpus: int, gpu_gib: float, kv_s
         lora = shape.lora_params(t.lora_r, t.target_modules) * 16
         n.weights = shape.params * b / GIB
         n.train = (lora + acts + s * B * shape.vocab * 6) / GIB
-        n.held = n.weights + n.kv + n.train
-        if n.held > gpu_gib:
+        n.held = n.weights + n.train + (colocated or n.kv)  # the colocated share holds its own weights
+        if n.held > gpu_gib and not n.problem:
             n.problem = (f"LoRA training needs {n.held:.1f} GiB ({n.weights:.1f} weights + {n.train:.1f} adapter, optimizer, "
-                         f"activations, logits) > {gpu_gib:g} GiB per GPU")
+                         f"activations, logits{f' + {colocated:.1f} colocated vLLM' if colocated else ''}) > {gpu_gib:g} GiB per GPU")
         return n
     # Generation: one sequence is the engine's context (vLLM: max_model_len, else the model's
     # maximum; hf: the prompt budget + new tokens).
