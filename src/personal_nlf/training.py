@@ -59,6 +59,9 @@ def _grpo_args(grpo: GRPOSettings, role: RoleConfig) -> dict[str, Any]:
             raise ConfigError(f"GRPO vllm_mode must be colocate or server, not {grpo.vllm_mode!r}")
         args.update(use_vllm=True, vllm_mode=grpo.vllm_mode)
         if grpo.vllm_mode == "colocate":
+            if role.tensor_parallel_size != 1:  # TRL: tp must divide the world size, and GRPO trains in one process
+                raise ConfigError(f"GRPO trains in one process, so TRL's colocated vLLM cannot use tensor_parallel_size "
+                                  f"{role.tensor_parallel_size}; set it to 1, or summary.grpo_vllm_mode: server")
             args.update(vllm_gpu_memory_utilization=role.gpu_memory_utilization,
                         vllm_tensor_parallel_size=role.tensor_parallel_size, vllm_max_model_length=role.max_model_len)
         else:
