@@ -38,9 +38,20 @@ setup-vllm:
 # per stage). The two venvs install side by side: pip mostly keeps one core busy. Fresh clone,
 # 2026-12-02, a slow 2-core host: .venv took 3.5 min and .venv-vllm 6.6 min side by side
 # (.venv-vllm alone: 6.65 min).
+#
+# On a CPU without AVX-512 (the AVX2-only host this project is sometimes given) the whole suite
+# passed CI's 90-min limit on 2026-12-05: setup 9.0 min, then every test before the vLLM pipeline
+# test 76.6 min (85.6 min together), then that test: there `make test` leaves the vLLM pipeline test to `make test-vllm-pipeline`
+# and says so. On AVX-512 hosts it runs everything (30.8 min at fe1ddda).
 test:
 	$(MAKE) -j2 --no-print-directory setup setup-vllm
-	$(RUN) python -m pytest -m "not learning"
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.backends.cpu.get_cpu_capability().startswith('AVX512'))"; then \
+	    echo '$(RUN) python -m pytest -m "not learning"'; \
+	    $(RUN) python -m pytest -m "not learning"; \
+	else \
+	    echo "make test: this CPU has no AVX-512 (torch: $$($(BIN)/python -c 'import torch; print(torch.backends.cpu.get_cpu_capability())')); the whole suite takes more than CI's 90 min here, so the vLLM pipeline test is left out: run it with make test-vllm-pipeline"; \
+	    $(RUN) python -m pytest -m "not learning and not vllm_pipeline"; \
+	fi
 
 # The pipeline-on-vLLM test alone.
 test-vllm-pipeline:
