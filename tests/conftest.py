@@ -38,10 +38,12 @@ def pytest_collection_modifyitems(config, items):
     """Whole files in SLOWEST_FILES order, then the rest as collected, then NEED_VLLM_VENV
     (a stable sort: each file's tests keep their order)."""
     def rank(item):
-        name = Path(str(item.fspath)).name
+        name = item.path.name
         if name in SLOWEST_FILES:
             return SLOWEST_FILES.index(name)
-        return len(SLOWEST_FILES) + 1 + NEED_VLLM_VENV.index(name) if name in NEED_VLLM_VENV else len(SLOWEST_FILES)
+        if name in NEED_VLLM_VENV:
+            return len(SLOWEST_FILES) + 1 + NEED_VLLM_VENV.index(name)
+        return len(SLOWEST_FILES)
 
     items.sort(key=rank)
 
