@@ -529,3 +529,33 @@ def test_vllm_serve_generate_and_logprob_judge(model_dir, monkeypatch):
             assert abs(row[c] - ref[c]) < 1e-2, (c, row, ref)
     assert all(g[0].text.strip() and 0 < g[0].completion_tokens <= 6 for g in batched)
     assert [g[0].text for g in batched[:2]] == [s.text for s in singles]
+
+
+def test_a_server_does_not_outlive_a_killed_caller(tmp_path):
+    """A process that starts a server (spawn_server, as serve_local_model does) and is then killed
+    with SIGKILL, so that no cleanup of its runs: the server gets SIGTERM and exits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    caller = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, subprocess, time\n"
+        "from personal_nlf.llm.local_server import spawn_server\n"
+        "p = spawn_server([sys.executable, '-c', 'import time; time.sleep(120)'], subprocess.DEVNULL, dict(os.environ))\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n")], stdout=subprocess.PIPE, text=True)
+    server_pid = int(caller.stdout.readline())
+    os.kill(server_pid, 0)  # running
+    caller.kill()
+    caller.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        # A zombie waits for init to reap it: gone from the process table soon after.
+        time.sleep(0.1)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail(f"the server (pid {server_pid}) outlived its killed caller")

@@ -237,6 +237,28 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return text[-chars:]
 
 
+def _die_with_parent_fn():
+    """A function for the server's process to run before exec (Linux): SIGTERM when the process that
+    started it dies, even by SIGKILL. A server in its own session would otherwise outlive a killed
+    caller (a test run stopped by a timeout) and hold its port and memory. libc's prctl is looked up
+    here, in the parent: the child only calls it. The signal follows the forking thread, so
+    serve_local_model is meant for the thread that stays for the server's life."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    PR_SET_PDEATHSIG = 1
+    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def spawn_server(cmd: list[str], log, env: dict[str, str]) -> subprocess.Popen:
+    """Start a server command in its own session (so _stop can end its whole process group), tied
+    to this process's life on Linux."""
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                            start_new_session=True, preexec_fn=_die_with_parent_fn())
+
+
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
     """Terminate the server's whole process group (it was started in its own session)."""
     if proc.poll() is None:
@@ -318,8 +340,7 @@ def serve_local_model(
             env["PATH"] = f"{Path(str(python)).parent}{os.pathsep}{env.get('PATH', '')}"
             cmd = vllm_command(str(python), model_name, host, port, extra_args=extra_args)
         with open(logfile, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)
+            proc = spawn_server(cmd, logf, env)
         stack.callback(_stop, proc)
 
         url_host = f"[{host}]" if ":" in host else host
