@@ -41,8 +41,7 @@ setup-vllm:
 # $(MAKE) even under `make -n`, which then ran the whole suite.)
 # pytest-xdist runs one worker per core, each with its share of the cores, whole test files each
 # (--dist loadfile: a file's module fixtures stay in one worker), the slowest files first
-# (tests/conftest.py: SLOWEST_FILES). Fresh clone on the AVX2-only 2-core host, 2026-12-05: 62.1 min
-# (setup 4.7, tests 57.4) against 77.6 min one test after another with both venvs built first.
+# (tests/conftest.py: SLOWEST_FILES). Measured times: the README (benchmarks/test_runs/).
 #
 # On a CPU without AVX-512 (the AVX2-only host this project is sometimes given) the vLLM pipeline
 # test takes the suite past CI's 90-min limit: 2026-12-05, one worker, setup 9.0 min and every

@@ -13,7 +13,8 @@ Each generated block in README.md sits between two markers naming its generator:
 Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (the report stage; summary mode's: metrics/summary_report.json),
 results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
-logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py).
+logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py),
+benchmarks/test_runs/ (fresh-clone `.ci/run` logs).
 """
 
 from __future__ import annotations
@@ -264,7 +265,26 @@ def vllm_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_vllm.md", "Prompts", "Ratios")
 
 
-GENERATORS = {"timings": timings, "benchmarks": benchmarks, "plan": plan,
+def test_runs(root: Path) -> str:
+    """benchmarks/test_runs/*.txt: fresh-clone runs of `.ci/run` (the wrapper's record line, then
+    .ci/run's own output), one table row each, oldest first."""
+    rows = []
+    for path in sorted((root / "benchmarks" / "test_runs").glob("*.txt")):
+        text = path.read_text()
+        rec = re.search(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", text, re.M)
+        summary = re.search(r"^=+ (\d+) passed.* in ([\d.]+)s", text, re.M)
+        if not rec or not summary:
+            raise SystemExit(f"{path}: no wrapper record line or pytest summary line")
+        cpu = re.search(r"this CPU has no AVX-512 \((\w+)\)", text)
+        slow = re.findall(r"^([\d.]+)s (?:setup|call)\s+tests/(\S+?)::(\S+)$", text, re.M)[:3]
+        rows.append(f"| {rec[1][:10]} | {rec[2]} | {cpu[1] if cpu else 'AVX-512'} | {int(rec[3])} | "
+                    f"{int(rec[4]) / 60:.1f} | {float(summary[2]) / 60:.1f} | {summary[1]} | "
+                    + "; ".join(f"{f}::{t[:40]} {float(sec):.0f} s" for sec, f, t in slow) + " |")
+    return ("| date | revision | CPU | exit | wall min | tests min | passed | slowest |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
+GENERATORS = {"timings": timings, "test_runs": test_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               "vllm_benchmark": vllm_benchmark,
