@@ -537,7 +537,6 @@ def test_a_server_does_not_outlive_a_killed_caller(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     caller = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, subprocess, time\n"

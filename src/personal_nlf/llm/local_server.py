@@ -237,26 +237,24 @@ def _tail(path: Path, chars: int = 3000) -> str:
     return text[-chars:]
 
 
-def _die_with_parent_fn():
-    """A function for the server's process to run before exec (Linux): SIGTERM when the process that
-    started it dies, even by SIGKILL. A server in its own session would otherwise outlive a killed
-    caller (a test run stopped by a timeout) and hold its port and memory. libc's prctl is looked up
-    here, in the parent: the child only calls it. The signal follows the forking thread, so
-    serve_local_model is meant for the thread that stays for the server's life."""
-    if sys.platform != "linux":
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
-    PR_SET_PDEATHSIG = 1
-    return lambda: prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def spawn_server(cmd: list[str], log, env: dict[str, str]) -> subprocess.Popen:
-    """Start a server command in its own session (so _stop can end its whole process group), tied
-    to this process's life on Linux."""
+    """Start a server command in its own session (so _stop can end its whole process group). On
+    Linux it gets SIGTERM when the process that started it dies, even by SIGKILL, instead of
+    outliving a killed caller (a test run stopped by a timeout) with its port and memory. The signal
+    follows the forking thread: call this from the thread that stays for the server's life."""
+    die_with_parent = None
+    if sys.platform == "linux":
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+        def die_with_parent():
+            prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                            start_new_session=True, preexec_fn=_die_with_parent_fn())
+                            start_new_session=True, preexec_fn=die_with_parent)
 
 
 def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
