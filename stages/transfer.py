@@ -55,7 +55,10 @@ def main(args, params):
                 row[method] = {"macro": m["macro"], "macro_ci95": m["macro_ci95"],
                                "domains": {d: v["score"] for d, v in m["domains"].items()},
                                "prompt_tokens_per_query": m["prompt_tokens_per_query"],
-                               "answer_parse": m.get("answer_parse")}
+                               "answer_parse": m.get("answer_parse"),
+                               # with preference pairs: the generator's pairwise accuracy under this
+                               # method's prompt and under none (evaluate_method measures both)
+                               "pairwise_accuracy": m.get("pairwise_accuracy")}
                 stage.log.info("transfer %s / %s: macro %.4f", name, method, m["macro"])
             row["context_reduction_ratio"] = round(row["rag"]["prompt_tokens_per_query"]
                                                    / row["summary"]["prompt_tokens_per_query"], 3)

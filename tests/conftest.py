@@ -17,8 +17,9 @@ os.environ.setdefault("PERSONAL_NLF_PARAMS_GUARD", "1")
 # their share of the cores, as personal_nlf.launch gives each rank: 2 workers x 2 torch threads on 2
 # cores would spin against each other. Set here, before any test module imports torch.
 if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+    from personal_nlf.launch import threads_per_process  # imports no torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_process(int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 # The files `make test`'s workers take first, longest first (seconds each, measured in one sequential
 # run on the slow AVX2-only 2-core host, 2026-12-05): one worker runs the pipeline file while the

@@ -65,11 +65,21 @@ def _grpo_config(tmp_path, grpo, role):
     return GRPOConfig(**args, **training._grpo_args(grpo, role))
 
 
+def test_grpo_with_fewer_prompts_than_a_generation_batch_is_refused(tmp_path, monkeypatch):
+    """TRL's sampler drops an incomplete generation batch: 3 prompts with 8 accumulation steps
+    would train 0 steps and export the untrained adapter, silently."""
+    monkeypatch.setattr(training, "_model", lambda *a, **k: (None, None))
+    rows = [{"prompt": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
+    with pytest.raises(ConfigError, match="3 training prompts, fewer than one generation batch of 8"):
+        training.train("grpo", rows, RoleConfig(device="cpu"), None,
+                       TrainConfig(max_steps=1, gradient_accumulation_steps=8), tmp_path / "w", seed=0, grpo=_grpo())
+
+
 def test_grpo_uses_trl_vllm_colocate_when_the_role_runs_on_vllm(tmp_path):
-    role = RoleConfig(backend="vllm", gpu_memory_utilization=0.2, tensor_parallel_size=2, max_model_len=1536)
+    role = RoleConfig(backend="vllm", gpu_memory_utilization=0.2, max_model_len=1536)
     conf = _grpo_config(tmp_path, _grpo(), role)  # TRL validates the config
     assert conf.use_vllm is True and conf.vllm_mode == "colocate"
-    assert conf.vllm_gpu_memory_utilization == 0.2 and conf.vllm_tensor_parallel_size == 2
+    assert conf.vllm_gpu_memory_utilization == 0.2 and conf.vllm_tensor_parallel_size == 1
     assert conf.vllm_max_model_length == 1536
     assert conf.num_generations == 2 and conf.log_completions is False
 
@@ -84,6 +94,8 @@ def test_grpo_vllm_server_mode_by_param(tmp_path):
 def test_grpo_generates_with_transformers_on_other_backends(tmp_path):
     assert _grpo_config(tmp_path, _grpo(), RoleConfig(backend="hf")).use_vllm is False
     assert _grpo_config(tmp_path, _grpo(use_vllm=False), RoleConfig(backend="vllm")).use_vllm is False
+    with pytest.raises(ConfigError, match="colocated vLLM cannot use tensor_parallel_size 2"):
+        training._grpo_args(_grpo(), RoleConfig(backend="vllm", tensor_parallel_size=2))
     with pytest.raises(ConfigError, match="vllm_mode"):
         training._grpo_args(_grpo(vllm_mode="remote"), RoleConfig(backend="vllm"))
 

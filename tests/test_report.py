@@ -66,3 +66,28 @@ def test_report_flags_a_judge_that_is_not_answering():
     line = {ln.split(" | ")[0].lstrip("| "): ln for ln in results.splitlines() if ln.startswith("| ")}
     assert "| 0.21 ⚠ |" in line["nlf@1"] and "| 0.93 |" in line["rag"] and "| — |" in line["no_pers"]
     assert "Judge not answering" not in report.to_markdown(report.build({"rag": row(0.3, label_mass=ok)}))
+
+
+def test_transfer_table_shows_each_generators_pairwise_accuracy_with_the_summary():
+    """Data with preference pairs: the transfer section adds, per generator, the summary-prompted
+    pairwise accuracy against the same generator without personalization, Holm over generators."""
+    def method(macro, pa=None):
+        return {"macro": macro, "prompt_tokens_per_query": 50.0, "pairwise_accuracy": pa}
+
+    def pa(acc, none, p):
+        return {"condition": "summary", "conditions": {"summary": {"accuracy": acc, "ci95": [acc - 0.1, acc + 0.1],
+                                                                    "n_pairs": 40},
+                                                        "none": {"accuracy": none, "ci95": [0, 1], "n_pairs": 40}},
+                "paired_vs_none": {"summary": {"diff": round(acc - none, 4), "p_value": p}}}
+
+    gens = {"base_policy": {"model": "m1", "backend": "hf", "summary": method(0.5, pa(0.75, 0.5, 0.01)),
+                            "no_pers": method(0.4), "rag": method(0.45), "context_reduction_ratio": 3.0},
+            "gemma": {"model": "m2", "backend": "hf", "summary": method(0.4, pa(0.55, 0.5, 0.04)),
+                      "no_pers": method(0.4), "rag": method(0.42), "context_reduction_ratio": 2.5}}
+    md = report.transfer_markdown({"split": "test", "generators": gens})
+    assert "| base_policy | 0.750 | [0.650, 0.850] | 40 | 0.500 | 0.250 | 0.0100 (0.0200) |" in md, md
+    assert "| gemma | 0.550 | [0.450, 0.650] | 40 | 0.500 | 0.050 | 0.0400 (0.0400) |" in md, md
+    # Without pairs (LaMP-QA): the macro table only.
+    for g in gens.values():
+        g["summary"]["pairwise_accuracy"] = None
+    assert "Pairwise" not in report.transfer_markdown({"split": "test", "generators": gens})

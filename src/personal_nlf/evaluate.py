@@ -295,7 +295,9 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
                     out_dir: str | Path, metrics_path: str | Path, policy: RoleConfig | None = None,
                     split: str | None = None, extra: dict | None = None,
                     planner: RoleConfig | None = None, summaries: dict[str, str] | None = None,
-                    records: list[EvalRecord] | None = None) -> dict[str, Any]:
+                    records: list[EvalRecord] | None = None, pool: BackendPool | None = None) -> dict[str, Any]:
+    """pool: the caller's, whose engines the policy may share (the caller closes it); else one of
+    this call's own."""
     policy = policy or params.models.policy
     split = split or params.baselines.eval_split
     out_dir = Path(out_dir)
@@ -308,7 +310,8 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
         raise ConfigError(f"{method}: the {split} records carry preference pairs, and their pairwise accuracy needs "
                           f"the policy's answer log-likelihoods, which the {policy.backend} backend cannot return: "
                           f"evaluate with a policy backend in {', '.join(ANSWER_SCORING_BACKENDS)}")
-    pool = BackendPool(models_dir, params.seed)
+    own_pool = pool is None
+    pool = pool or BackendPool(models_dir, params.seed)
     try:
         answers, plans = answer(method, recs, params, pool, out_dir, policy, planner, summaries)
         described = {"policy": pool.get(policy).describe()}
@@ -325,7 +328,8 @@ def evaluate_method(method: str, params: Params, prepared: str | Path, index: st
         if pairwise is not None:
             result["pairwise_accuracy"] = pairwise
     finally:
-        pool.close()
+        if own_pool:
+            pool.close()
     write_json_atomic(metrics_path, result)
     latency = sum(answers[er.key]["latency_s"] + plans.get(er.key, {}).get("latency_s", 0.0) for er in recs)
     provenance.write_run_record(metrics_path, {"s_per_query": round(latency / len(recs), 4),

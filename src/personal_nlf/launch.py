@@ -43,6 +43,12 @@ def _one_line(text: str, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def threads_per_process(processes: int) -> int:
+    """Torch threads for each of `processes` processes sharing this machine's cores (torchrun's own
+    default is 1; more processes x threads than cores makes them spin against each other)."""
+    return max(1, (os.cpu_count() or 1) // processes)
+
+
 def accelerate_command(cfg: TrainConfig, spec: Path, cpu: bool) -> list[str]:
     """The `accelerate launch` command line for the ranks (same Python as this process)."""
     conf = Path(cfg.accelerate_config)
@@ -86,7 +92,7 @@ def train_distributed(objective: str, rows: list[dict[str, Any]], role: RoleConf
     cmd = accelerate_command(cfg, ldir / "spec.json", cpu)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if cpu and "OMP_NUM_THREADS" not in env:  # torchrun would set 1
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // cfg.processes))
+        env["OMP_NUM_THREADS"] = str(threads_per_process(cfg.processes))
     log.info("%s: training under accelerate launch, %d processes (%s, %s); ranks' output in %s", objective,
              cfg.processes, cfg.accelerate_config, "CPU, gloo" if cpu else "CUDA", ldir / "ranks.log")
     t0 = time.time()

