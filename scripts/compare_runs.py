@@ -84,9 +84,12 @@ def report(rev: str, folder: Path, top: int) -> list[str]:
             same, n = compare_jsonl(old, new)
             jsonl_rows.append((rel, same, n))
     lines += ["| metrics file | numbers equal | largest difference | moved most |", "|---|---|---|---|"]
+    def size(d: float) -> str:  # inf: a number on one side only (e.g. a t statistic now null)
+        return "one side only" if d == float("inf") else f"{d:.4g}"
+
     for rel, equal, n, worst, moved in json_rows:
-        most = ", ".join(f"`{k}` {d:.4g}" for d, k in moved) or "—"
-        lines.append(f"| {rel.relative_to(folder)} | {equal}/{n} | {worst:.4g} | {most} |")
+        most = ", ".join(f"`{k}` {size(d)}" for d, k in moved) or "—"
+        lines.append(f"| {rel.relative_to(folder)} | {equal}/{n} | {size(worst)} | {most} |")
     lines += ["", "| per-question file | rows identical |", "|---|---|"]
     lines += [f"| {rel.relative_to(folder)} | {same}/{n} |" for rel, same, n in jsonl_rows]
     if missing:
