@@ -30,8 +30,9 @@ WORKER = ROOT / "tests" / "vllm_worker.py"
 GRPO_WORKER = ROOT / "tests" / "vllm_grpo_worker.py"
 WORKER_TIMEOUT_S = 360
 # Hang guards, not speed checks. Under make test's xdist each worker gets one torch thread
-# (conftest.py), and with one thread the GRPO worker's colocated vLLM engine alone takes ~5.5 min
-# to start on the AVX2-only CI host (the whole worker ~7.5 min; it passed 360 s only with 2 threads).
+# (conftest.py). With one thread the GRPO worker spends ~5.5 min before its first step (imports,
+# model load, TRL's colocated vLLM engine start) on the AVX2-only CI host and ~7.8 min in all
+# (466 s in the fresh-clone CI at 1083320); with 2 threads it had passed inside 360 s.
 GRPO_WORKER_TIMEOUT_S = 1200
 MAX_NEW_TOKENS = 8
 SAME_PREFIX_TOKENS = 4  # greedy vLLM must equal greedy transformers at least this far
