@@ -1,9 +1,10 @@
 """How far a rerun of a committed run moved from the run it replaced.
 
-    python scripts/compare_runs.py REV results/persona [results/persona-summary ...]
+    python scripts/compare_runs.py REV results/persona [results/persona-summary ...] [--new NEW]
 
 For each run folder, compares the files committed at git revision REV with the ones in the work
-tree (the rerun), file by file:
+tree (the rerun), or with those committed at NEW (a rerun committed since: the README's history of
+reruns names both revisions of each, so every comparison it quotes reprints from git), file by file:
 - metrics JSON (the per-method metrics, the report): every number, with provenance and run records
   (code hashes, package versions, timings) left out; prints how many numbers are equal, the largest
   absolute difference and the fields that moved most;
@@ -66,17 +67,17 @@ def compare_jsonl(old: str, new: str) -> tuple[int, int]:
     return sum(x == y for x, y in zip(a, b)), max(len(a), len(b))
 
 
-def report(rev: str, folder: Path, top: int) -> list[str]:
-    lines = [f"### {folder.as_posix()} (git {rev[:7]} → work tree)", ""]
+def report(rev: str, folder: Path, top: int, new_rev: str | None = None) -> list[str]:
+    lines = [f"### {folder.as_posix()} (git {rev[:7]} → {f'git {new_rev[:7]}' if new_rev else 'work tree'})", ""]
     json_rows, jsonl_rows, missing = [], [], []
     for rel in files_at_rev(rev, folder):
         if rel.name.endswith(".run.json") or rel.name in ("stage_times.json", "run.json", "timings.md"):
             continue
-        old, new_path = at_rev(rev, rel), ROOT / rel
-        if not new_path.exists():
+        old = at_rev(rev, rel)
+        new = at_rev(new_rev, rel) if new_rev else (ROOT / rel).read_text() if (ROOT / rel).exists() else None
+        if new is None:
             missing.append(rel.as_posix())
             continue
-        new = new_path.read_text()
         if rel.suffix == ".json":
             equal, n, worst, moved = compare_json(old, new)
             json_rows.append((rel, equal, n, worst, moved[:top]))
@@ -101,10 +102,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("rev", help="the git revision of the runs being replaced")
     ap.add_argument("folders", nargs="+", type=Path, help="run folders, relative to the repository root")
+    ap.add_argument("--new", metavar="NEW", help="the git revision of the rerun (default: the work tree)")
     ap.add_argument("--top", type=int, default=3, help="fields listed per metrics file")
     args = ap.parse_args(argv)
     for folder in args.folders:
-        print("\n".join(report(args.rev, folder, args.top)))
+        print("\n".join(report(args.rev, folder, args.top, args.new)))
     return 0
 
 

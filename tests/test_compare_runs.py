@@ -24,3 +24,34 @@ def test_compare_json_counts_equal_numbers_and_orders_what_moved():
 
 def test_compare_jsonl_counts_identical_rows_and_the_longer_side():
     assert compare_runs.compare_jsonl('{"a": 1}\n{"b": 2}\n', '{"a": 1}\n{"b": 3}\n{"c": 4}\n') == (1, 3)
+
+
+def test_report_compares_two_commits_or_a_commit_with_the_work_tree(tmp_path, monkeypatch):
+    import subprocess
+    from pathlib import Path
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
+
+    def write(macro: float, second_row: str):
+        (run / "metrics").mkdir(parents=True, exist_ok=True)
+        (run / "metrics" / "rag.json").write_text(json.dumps({"macro": macro, "n": 48}))
+        (run / "gen.jsonl").write_text('{"a": 1}\n' + second_row + "\n")
+
+    run = tmp_path / "results" / "r"
+    git("init", "-q")
+    write(0.41, '{"b": 2}')
+    git("add", "-A"); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old")
+    old = git("rev-parse", "HEAD")
+    write(0.40, '{"b": 3}')
+    git("add", "-A"); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "new")
+    new = git("rev-parse", "HEAD")
+    write(0.39, '{"b": 2}')  # the work tree: a third run, not committed
+    monkeypatch.setattr(compare_runs, "ROOT", tmp_path)
+
+    between = "\n".join(compare_runs.report(old, Path("results/r"), 3, new_rev=new))
+    assert f"(git {old[:7]} → git {new[:7]})" in between
+    assert "| metrics/rag.json | 1/2 | 0.01 |" in between and "| gen.jsonl | 1/2 |" in between
+    against_tree = "\n".join(compare_runs.report(old, Path("results/r"), 3))
+    assert "→ work tree" in against_tree
+    assert "| metrics/rag.json | 1/2 | 0.02 |" in against_tree and "| gen.jsonl | 2/2 |" in against_tree
