@@ -277,11 +277,11 @@ def test_runs(root: Path) -> str:
             raise SystemExit(f"{path}: no wrapper record line or pytest summary line")
         cpu = re.search(r"this CPU has no AVX-512 \((\w+)\)", text)
         slow = re.findall(r"^([\d.]+)s (?:setup|call)\s+tests/(\S+?)::(\S+)$", text, re.M)[:3]
-        rows.append(f"| {rec[1][:10]} | {rec[2]} | {cpu[1] if cpu else 'AVX-512'} | {int(rec[3])} | "
+        rows.append((rec[1], f"| {rec[1][:10]} | {rec[2]} | {cpu[1] if cpu else 'AVX-512'} | {int(rec[3])} | "
                     f"{int(rec[4]) / 60:.1f} | {float(summary[2]) / 60:.1f} | {summary[1]} | "
-                    + "; ".join(f"{f}::{t[:40]} {float(sec):.0f} s" for sec, f, t in slow) + " |")
+                    + "; ".join(f"{f}::{t[:40]} {float(sec):.0f} s" for sec, f, t in slow) + " |"))
     return ("| date | revision | CPU | exit | wall min | tests min | passed | slowest |\n"
-            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
 
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "benchmarks": benchmarks, "plan": plan,
