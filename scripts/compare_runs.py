@@ -32,6 +32,13 @@ def at_rev(rev: str, path: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+def text_at(rev: str | None, path: Path) -> str | None:
+    """A file's text at git revision `rev`, or in the work tree when rev is None; None if absent."""
+    if rev is None:
+        return (ROOT / path).read_text() if (ROOT / path).exists() else None
+    return at_rev(rev, path)
+
+
 def files_at_rev(rev: str, folder: Path) -> list[Path]:
     out = subprocess.run(["git", "ls-tree", "-r", "--name-only", rev, folder.as_posix()], cwd=ROOT,
                          capture_output=True, text=True, check=True)
@@ -73,8 +80,7 @@ def report(rev: str, folder: Path, top: int, new_rev: str | None = None) -> list
     for rel in files_at_rev(rev, folder):
         if rel.name.endswith(".run.json") or rel.name in ("stage_times.json", "run.json", "timings.md"):
             continue
-        old = at_rev(rev, rel)
-        new = at_rev(new_rev, rel) if new_rev else (ROOT / rel).read_text() if (ROOT / rel).exists() else None
+        old, new = at_rev(rev, rel), text_at(new_rev, rel)
         if new is None:
             missing.append(rel.as_posix())
             continue

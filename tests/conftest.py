@@ -92,12 +92,20 @@ def copy_worktree(dest: Path) -> Path:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "snapshot"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    git_snapshot(dest)
     # config.local is git-ignored (.dvc/.gitignore): the copy stays clean.
     (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dest.parent / 'dvc-cache'}\n")
     return dest
+
+
+def git_snapshot(repo: Path, message: str = "snapshot") -> str:
+    """Commit everything in `repo` (after a `git init` if it is not a repository yet); HEAD's sha."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    cmds = [] if (repo / ".git").exists() else [["init", "-q", "-b", "main"]]
+    for cmd in cmds + [["add", "-A"], ["commit", "-qm", message]]:
+        subprocess.run(git + cmd, cwd=repo, check=True, capture_output=True)
+    return subprocess.run(git + ["rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def load_script(name: str):

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import load_script
+from conftest import git_snapshot, load_script
 
 compare_runs = load_script("compare_runs")
 
@@ -27,11 +27,7 @@ def test_compare_jsonl_counts_identical_rows_and_the_longer_side():
 
 
 def test_report_compares_two_commits_or_a_commit_with_the_work_tree(tmp_path, monkeypatch):
-    import subprocess
     from pathlib import Path
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout.strip()
 
     def write(macro: float, second_row: str):
         (run / "metrics").mkdir(parents=True, exist_ok=True)
@@ -39,13 +35,10 @@ def test_report_compares_two_commits_or_a_commit_with_the_work_tree(tmp_path, mo
         (run / "gen.jsonl").write_text('{"a": 1}\n' + second_row + "\n")
 
     run = tmp_path / "results" / "r"
-    git("init", "-q")
     write(0.41, '{"b": 2}')
-    git("add", "-A"); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "old")
-    old = git("rev-parse", "HEAD")
+    old = git_snapshot(tmp_path, "old")
     write(0.40, '{"b": 3}')
-    git("add", "-A"); git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "new")
-    new = git("rev-parse", "HEAD")
+    new = git_snapshot(tmp_path, "new")
     write(0.39, '{"b": 2}')  # the work tree: a third run, not committed
     monkeypatch.setattr(compare_runs, "ROOT", tmp_path)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_worktree, dvc, load_script, set_params
+from conftest import copy_worktree, dvc, git_snapshot, load_script, set_params
 
 ROOT = Path(__file__).resolve().parent.parent
 results_runs = load_script("results_runs")
@@ -174,9 +174,7 @@ def test_collect_keeps_this_runs_files_and_not_the_other_pipelines(tmp_path, mon
     for rel, text in files.items():
         (clone / rel).parent.mkdir(parents=True, exist_ok=True)
         (clone / rel).write_text(text)
-    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
-    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
-        subprocess.run(git + cmd, cwd=clone, check=True)
+    git_snapshot(clone)
     subprocess.run(["dvc", "init", "-q"], cwd=clone, check=True)  # collect asks DVC for each pipeline's stages
     monkeypatch.setattr(results_runs, "ROOT", tmp_path / "repo")
 
