@@ -1,5 +1,6 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,22 @@ def copy_worktree(dest: Path) -> Path:
     # config.local is git-ignored (.dvc/.gitignore): the copy stays clean.
     (dest / ".dvc" / "config.local").write_text(f"[cache]\n    dir = {dest.parent / 'dvc-cache'}\n")
     return dest
+
+
+def kill_when(cmd: list[str], ready, *, timeout_s: float = 300, **popen) -> None:
+    """Start `cmd` and kill -9 it as soon as `ready()` holds (or it ends, or timeout_s passes): an
+    interruption at a chosen point, with no cleanup of its own, as a crash or an OOM kill."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def lines_in(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def git_snapshot(repo: Path, message: str = "snapshot") -> str:

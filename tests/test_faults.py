@@ -8,18 +8,16 @@ import errno
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import set_params
+from conftest import kill_when, set_params
 from personal_nlf import data, io, training
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,15 +146,8 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, embedded_mod
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     work = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(script), str(embedded_models), str(work)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if (work / "checkpoint-2" / "trainer_state.json").exists():
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_when([sys.executable, str(script), str(embedded_models), str(work)],
+              (work / "checkpoint-2" / "trainer_state.json").exists, env=env)
     done = [p.name for p in training.checkpoints(work)]
     assert "checkpoint-4" not in done and done, f"the run was not killed midway: {done}"
 

@@ -3,7 +3,6 @@ repo: every stage runs for real with the embedded models."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import LAMP_QA_SAMPLE, copy_worktree, dvc, run, set_params
+from conftest import LAMP_QA_SAMPLE, copy_worktree, dvc, kill_when, lines_in, run, set_params
 from leakcheck import assert_training_prompts_hold_no_signal
 from personal_nlf.io import read_jsonl
 
@@ -261,32 +260,18 @@ def _kill_and_resume(repo: Path, tmp_path: Path):
     run(cmd(tmp_path / "uninterrupted"), cwd=repo)
     out_dir = tmp_path / "killed"
     env = {**os.environ, "PERSONAL_NLF_QUIET": "1"}
-    proc = subprocess.Popen(cmd(out_dir), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out_dir / "generations.jsonl.partial"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if journal.exists() and len(journal.read_text().splitlines()) >= 3:  # header + 2 records
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_before = len(journal.read_text().splitlines()) - 1
+    kill_when(cmd(out_dir), lambda: lines_in(journal) >= 3, cwd=repo, env=env)  # header + 2 records
+    done_before = lines_in(journal) - 1
     assert 2 <= done_before < N_TEST, "the stage was not interrupted midway"
     assert not (out_dir / "generations.jsonl").exists()
     # Second kill, while judging: the rerun generates nothing again and judges only the rest.
     n_items = len(read_jsonl(tmp_path / "uninterrupted" / "judge_scores.jsonl"))
     judge_journal = out_dir / "judge_scores.jsonl.partial"
-    proc = subprocess.Popen(cmd(out_dir), cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        # header + the first whole chunk of 16 (judge chunk = max(16, batch_size)): the kill lands
-        # while the second chunk is scored, so the resumed run scores the same batches
-        if judge_journal.exists() and len(judge_journal.read_text().splitlines()) >= 17:
-            break
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    judged_before = len(judge_journal.read_text().splitlines()) - 1
+    # header + the first whole chunk of 16 (judge chunk = max(16, batch_size)): the kill lands
+    # while the second chunk is scored, so the resumed run scores the same batches
+    kill_when(cmd(out_dir), lambda: lines_in(judge_journal) >= 17, cwd=repo, env=env)
+    judged_before = lines_in(judge_journal) - 1
     assert 16 <= judged_before < n_items, "the judge was not interrupted midway"
     log_file = tmp_path / "resume.log"
     run(cmd(out_dir) + ["--log-file", str(log_file)], cwd=repo)
