@@ -23,21 +23,24 @@ METHODS = ["no_pers", "rag", "rag_random", "planpers"]
 DOMAINS = ("Art_and_Entertainment", "Lifestyle_and_Personal_Development")
 RECORDS = 2  # per split and domain
 N_TEST = len(DOMAINS) * RECORDS
+N = 2  # VAC's feedback samples per record, and offline RL's answers per record
+TRAIN_RECORDS = 1  # per domain, for each loop iteration
+LORA_STEPS, SAVE_STEPS = 2, 1  # a checkpoint each step: validation selection chooses between two
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     repo = copy_worktree(tmp_path_factory.mktemp("repo"))
-    # Tiny slice: 2 domains, 2 records per split; one VAC iteration with N=2, 1 train record per domain,
-    # 2 LoRA steps with a checkpoint each (so validation selection has two to choose from).
+    # Tiny slice (the constants above): one VAC iteration.
     # MLflow off: it costs each of the ~45 stage runs here ~3 s (slow 2-core host); tracking is
     # tested on its own pipeline (test_tracking.py) and under accelerate (test_multiprocess.py).
     set_params(repo, **{**LAMP_QA_SAMPLE, "tracking.enabled": False, "data.domains": list(DOMAINS),
                         "data.max_records_per_split": RECORDS, "models.policy.max_new_tokens": 12,
                         "models.planner.max_new_tokens": 12, "models.feedback.max_new_tokens": 12,
                         "baselines.bootstrap_samples": 200, "nlf.iterations": {"1": {"prev": "0"}},
-                        "nlf.n_feedback": 2, "nlf.max_train_records_per_domain": 1, "train.max_steps": 2,
-                        "train.save_steps": 1, "train.per_device_batch_size": 2, "train.max_length": 512})
+                        "nlf.n_feedback": N, "nlf.max_train_records_per_domain": TRAIN_RECORDS,
+                        "train.max_steps": LORA_STEPS, "train.save_steps": SAVE_STEPS,
+                        "train.per_device_batch_size": 2, "train.max_length": 512})
     run(["git", "commit", "-qam", "tiny slice"], cwd=repo)
     t0 = time.time()
     out = dvc("repro", cwd=repo)
@@ -292,12 +295,12 @@ def _kill_and_resume(repo: Path, tmp_path: Path):
 def test_one_vac_iteration_end_to_end(pipeline):
     """One VAC iteration with N=2 on the tiny slice: rollout, feedback, refine, judge, LoRA SFT
     of the feedback model and the policy (TRL), checkpoint selection on validation, evaluation."""
-    repo = pipeline["repo"]  # the fixture's `dvc repro` ran the loop with N=2 on the tiny slice
+    repo = pipeline["repo"]  # the fixture's `dvc repro` ran the loop (N, TRAIN_RECORDS) on the tiny slice
     it = repo / "outputs/nlf/iter_1"
     fb = read_jsonl(it / "signal/feedback.jsonl")
-    assert len(fb) == len(DOMAINS) * 2  # 1 train record per domain x N=2
+    assert len(fb) == len(DOMAINS) * TRAIN_RECORDS * N
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) and all(0 <= s["best_j"] < 2 for s in sel)
+    assert len(sel) == len(DOMAINS) * TRAIN_RECORDS and all(0 <= s["best_j"] < N for s in sel)
     summary = json.loads((it / "judge/summary.json").read_text())
     # The selection follows the judge: each record's best revision has the highest candidate score.
     cand = {}
@@ -305,7 +308,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
         cand.setdefault((j["key"], j["candidate"]), []).append(j["score"])
     score = {k: sum(v) / (2 * len(v)) for k, v in cand.items()}
     for s in sel:
-        revs = [score[(s["key"], f"rev{j}")] for j in range(2)]
+        revs = [score[(s["key"], f"rev{j}")] for j in range(N)]
         assert s["best_score"] == pytest.approx(max(revs)) and revs[s["best_j"]] == max(revs)
         assert s["initial_score"] == pytest.approx(score[(s["key"], "initial")])
     assert summary["share_best_beats_initial"] == pytest.approx(sum(s["improved"] for s in sel) / len(sel), abs=1e-4)
@@ -318,7 +321,8 @@ def test_one_vac_iteration_end_to_end(pipeline):
             # revisions the judge scored all alike): the model carries over, and every record's
             # drop is counted with its reason.
             assert state["skipped"] and targets["targets"] == 0
-            assert sum(v for k, v in targets.items() if k.startswith("dropped_")) == len(DOMAINS), targets
+            dropped = sum(v for k, v in targets.items() if k.startswith("dropped_"))
+            assert dropped == len(DOMAINS) * TRAIN_RECORDS, targets
             continue
         adapter = repo / state["adapter"]
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
@@ -339,7 +343,8 @@ def test_one_vac_iteration_end_to_end(pipeline):
     if "policy" in trained:
         assert m["provenance"]["models"]["policy"]["adapter_hash"]
         validation = trained["policy"][0]["selection"]
-        assert validation["selected_by"] == "validation_macro" and len(validation["scores"]) == 2
+        assert validation["selected_by"] == "validation_macro"
+        assert len(validation["scores"]) == LORA_STEPS // SAVE_STEPS
     else:  # pi(1) = pi(0): evaluate@1 answered with the untrained policy
         assert m["provenance"]["models"]["policy"]["adapter"] is None
     # `personal-nlf plan` predicted exactly the judge calls these stages made.
@@ -360,9 +365,9 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     repo = pipeline["repo"]
     it = repo / "outputs/offline_rl/iter_1"
     samples = read_jsonl(it / "rollout/samples.jsonl")
-    assert len(samples) == len(DOMAINS) * 2 and {s["j"] for s in samples} == {0, 1}
+    assert len(samples) == len(DOMAINS) * TRAIN_RECORDS * N and {s["j"] for s in samples} == set(range(N))
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) and all(s["best_score"] >= s["worst_score"] for s in sel)
+    assert len(sel) == len(DOMAINS) * TRAIN_RECORDS and all(s["best_score"] >= s["worst_score"] for s in sel)
     by_key = {(s["key"], s["j"]): s["answer"] for s in samples}
     assert all(s["best"] == by_key[(s["key"], s["best_j"])] for s in sel)
     from personal_nlf.data import load_prepared
@@ -371,8 +376,9 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     assert_training_prompts_hold_no_signal(read_jsonl(it / "train_policy/policy_data.jsonl"), recs)
     state = json.loads((it / "train_policy/state.json").read_text())
     assert (repo / state["adapter"] / "adapter_model.safetensors").exists()
-    # The best of 2 checkpoints on validation (2 steps, one checkpoint each).
-    assert state["selection"]["selected_by"] == "validation_macro" and len(state["selection"]["scores"]) == 2
+    # The best of the checkpoints on validation (one every SAVE_STEPS).
+    assert state["selection"]["selected_by"] == "validation_macro"
+    assert len(state["selection"]["scores"]) == LORA_STEPS // SAVE_STEPS
     m = json.loads((repo / "metrics/offline_rl/iter_1.json").read_text())
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     report = json.loads((repo / "metrics/report.json").read_text())
@@ -432,7 +438,7 @@ def test_summary_mode_end_to_end(pipeline):
     it = repo / "outputs/summary/iter_1"
     assert sorted(p.name for p in it.iterdir() if p.is_dir()) == sorted(SUMMARY_STEPS)  # its own steps, no refine
     stats = json.loads((it / "train_summarizer/train_stats.json").read_text())
-    assert stats["objective"] == "grpo" and stats["steps"] == 2
+    assert stats["objective"] == "grpo" and stats["steps"] == LORA_STEPS  # train.max_steps
     assert all({"reward", "reward_std", "kl", "completions/mean_length"} <= set(h) for h in stats["steps_log"])
     curve = json.loads((it / "train_summarizer/reward_curve.json").read_text())
     assert curve["calls"] and curve["counts"]["summaries"] >= 2 and curve["counts"]["summaries"] % 2 == 0  # G = 2
