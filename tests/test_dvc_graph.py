@@ -72,16 +72,18 @@ def dynamic_imports(argv: list[str]) -> set[str]:
     return set()
 
 
-def dvc_stages(tmp_path: Path) -> list[tuple[str, list[str], list[str], list[str]]]:
+def dvc_stages(tmp_path: Path, params_file: Path = ROOT / "params.yaml") -> list[tuple[str, list[str], list[str], list[str]]]:
     """(name, argv, deps, params) of every stage of both pipelines (a stage of the summary
-    pipeline is named `pipelines/summary/dvc.yaml:<stage>`)."""
+    pipeline is named `pipelines/summary/dvc.yaml:<stage>`), as DVC expands them with
+    `params_file` as params.yaml."""
     from dvc.repo import Repo
 
     work = tmp_path / "repo"
     (work / ".dvc").mkdir(parents=True)
-    for f in PIPELINES + ("params.yaml",):
+    for f in PIPELINES:
         (work / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / f, work / f)
+    shutil.copy(params_file, work / "params.yaml")
     out = []
     for s in Repo(str(work), uninitialized=True).index.stages:
         deps = [d.def_path for d in s.deps if not hasattr(d, "params")]
@@ -100,6 +102,26 @@ def test_both_pipelines_are_parsed(stages):
     names = {name for name, *_ in stages}
     assert {"rollout@1", "offline_rl_evaluate@2", "report"} <= names
     assert {"pipelines/summary/dvc.yaml:summarize@1", "pipelines/summary/dvc.yaml:export"} <= names
+
+
+def test_paper_preset_holds_every_param_a_stage_declares(tmp_path):
+    """`cp configs/paper.yaml params.yaml && dvc repro` (the README's GPU recipe): DVC fails a stage
+    whose declared params are missing from params.yaml (after running it), so the preset must hold
+    every key that a stage of either pipeline declares, as its iterations expand."""
+    preset = yaml.safe_load((ROOT / "configs/paper.yaml").read_text())
+
+    def holds(key: str) -> bool:
+        node = preset
+        for part in key.split("."):
+            if not (isinstance(node, dict) and part in node):
+                return False
+            node = node[part]
+        return True
+
+    stages = dvc_stages(tmp_path, ROOT / "configs/paper.yaml")
+    assert "evaluate@3" in {name for name, *_ in stages}  # the preset's T = 3
+    missing = sorted({k for name, _, _, params in stages for k in params if not holds(k)})
+    assert missing == [], f"configs/paper.yaml lacks params that stages declare: {missing}"
 
 
 def test_closure_follows_relative_lazy_and_package_imports(tmp_path):
