@@ -44,10 +44,11 @@ setup-vllm:
 # (tests/conftest.py: SLOWEST_FILES). Measured times: the README (benchmarks/test_runs/).
 #
 # On a CPU without AVX-512 (the AVX2-only host this project is sometimes given) the vLLM pipeline
-# test is too slow for CI's 90-min limit: 2026-12-05, one worker, setup 9.0 min and every other
-# test 76.6 min, that test still running at 101 min; 2026-12-06, alone with one thread, it passed
-# in 934 s, against a two-worker suite of 46-60 min there (benchmarks/test_runs/: the host's load
-# varies), so a slow day would end near the limit, where nothing lands. There `make test` leaves
+# test leaves CI too little margin below its 90-min limit (a run past it fails): 2026-12-05, one
+# worker, setup 9.0 min and every other test 76.6 min, that test still running at 101 min;
+# 2026-12-06, alone with one thread (OMP_NUM_THREADS=1 python -m pytest -m vllm_pipeline), it passed
+# in 934 s, against a two-worker suite of 46-60 min on that 2-core host (benchmarks/test_runs/: its
+# load varies), so a slow day would end near the limit. There `make test` leaves
 # that one test to `make test-vllm-pipeline` and says so. AVX-512 hosts run everything.
 TEST_WORKERS ?= logical
 test: setup
@@ -57,7 +58,7 @@ test: setup
 	case "$$cap" in \
 	    AVX512*) markers="not learning" ;; \
 	    *) markers="not learning and not vllm_pipeline"; \
-	       echo "make test: this CPU has no AVX-512 ($$cap): the vLLM pipeline test (~16 min here) would bring the suite too close to CI's 90 min, so it is left out (run it: make test-vllm-pipeline)" ;; \
+	       echo "make test: this CPU has no AVX-512 ($$cap): the vLLM pipeline test (~16 min on the 2-core CI host) would bring the suite too close to CI's 90 min, so it is left out (run it: make test-vllm-pipeline)" ;; \
 	esac; \
 	echo "python -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m \"$$markers\""; \
 	PERSONAL_NLF_VLLM_SETUP_LOG="$(abspath .venv-vllm-setup.log)" $(RUN) \

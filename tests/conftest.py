@@ -99,20 +99,28 @@ def copy_worktree(dest: Path) -> Path:
     return dest
 
 
-def kill_when(cmd: list[str], ready, *, timeout_s: float = 300, **popen) -> None:
+def kill_when(cmd: list[str], ready, *, timeout_s: float = 300, **popen) -> int:
     """Start `cmd` and kill -9 it as soon as `ready()` holds (or it ends, or timeout_s passes): an
-    interruption at a chosen point, with no cleanup of its own, as a crash or an OOM kill."""
+    interruption at a chosen point, with no cleanup of its own, as a crash or an OOM kill. Returns
+    its exit status (-9 when it was killed). Whatever happens here, the process does not outlive it."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
-    deadline = time.time() + timeout_s
-    while time.time() < deadline and proc.poll() is None and not ready():
-        time.sleep(0.05)
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    try:
+        deadline = time.time() + timeout_s
+        while time.time() < deadline and proc.poll() is None and not ready():
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return proc.returncode
 
 
 def lines_in(path: Path) -> int:
-    return len(path.read_text().splitlines()) if path.exists() else 0
+    """Lines of a file that a running stage may be renaming away (0 when it is not there)."""
+    try:
+        return len(path.read_text().splitlines())
+    except FileNotFoundError:
+        return 0
 
 
 def git_snapshot(repo: Path, message: str = "snapshot") -> str:

@@ -138,18 +138,19 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path, embedded_mod
     script.write_text(TRAINER)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "HF_HUB_OFFLINE": "1"}
 
-    def train(work, **kw):
-        return subprocess.run([sys.executable, str(script), str(embedded_models), str(work)], env=env,
-                              capture_output=True, text=True, timeout=600, **kw)
+    def argv(work):
+        return [sys.executable, str(script), str(embedded_models), str(work)]
+
+    def train(work):
+        return subprocess.run(argv(work), env=env, capture_output=True, text=True, timeout=600)
 
     ref = train(tmp_path / "uninterrupted")
     assert ref.returncode == 0, ref.stderr[-3000:]
 
     work = tmp_path / "killed"
-    kill_when([sys.executable, str(script), str(embedded_models), str(work)],
-              (work / "checkpoint-2" / "trainer_state.json").exists, env=env)
+    rc = kill_when(argv(work), (work / "checkpoint-2" / "trainer_state.json").exists, env=env)
     done = [p.name for p in training.checkpoints(work)]
-    assert "checkpoint-4" not in done and done, f"the run was not killed midway: {done}"
+    assert rc == -9 and "checkpoint-4" not in done and done, f"the run was not killed midway: exit {rc}, {done}"
 
     resumed = train(work)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

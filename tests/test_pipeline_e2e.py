@@ -24,8 +24,12 @@ DOMAINS = ("Art_and_Entertainment", "Lifestyle_and_Personal_Development")
 RECORDS = 2  # per split and domain
 N_TEST = len(DOMAINS) * RECORDS
 N = 2  # VAC's feedback samples per record, and offline RL's answers per record
-TRAIN_RECORDS = 1  # per domain, for each loop iteration
-LORA_STEPS, SAVE_STEPS = 2, 1  # a checkpoint each step: validation selection chooses between two
+LOOP_TRAIN_RECORDS = 1  # train records per domain that each loop iteration uses (of RECORDS)
+LORA_STEPS, SAVE_STEPS = 2, 1
+# A checkpoint every SAVE_STEPS and at the last step: validation selection needs two to choose from.
+CHECKPOINTS = -(-LORA_STEPS // SAVE_STEPS)  # ceil
+assert LOOP_TRAIN_RECORDS <= RECORDS and CHECKPOINTS >= 2
+G = 2  # summary mode: summaries GRPO samples per record
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +42,7 @@ def pipeline(tmp_path_factory):
                         "data.max_records_per_split": RECORDS, "models.policy.max_new_tokens": 12,
                         "models.planner.max_new_tokens": 12, "models.feedback.max_new_tokens": 12,
                         "baselines.bootstrap_samples": 200, "nlf.iterations": {"1": {"prev": "0"}},
-                        "nlf.n_feedback": N, "nlf.max_train_records_per_domain": TRAIN_RECORDS,
+                        "nlf.n_feedback": N, "nlf.max_train_records_per_domain": LOOP_TRAIN_RECORDS,
                         "train.max_steps": LORA_STEPS, "train.save_steps": SAVE_STEPS,
                         "train.per_device_batch_size": 2, "train.max_length": 512})
     run(["git", "commit", "-qam", "tiny slice"], cwd=repo)
@@ -264,18 +268,19 @@ def _kill_and_resume(repo: Path, tmp_path: Path):
     out_dir = tmp_path / "killed"
     env = {**os.environ, "PERSONAL_NLF_QUIET": "1"}
     journal = out_dir / "generations.jsonl.partial"
-    kill_when(cmd(out_dir), lambda: lines_in(journal) >= 3, cwd=repo, env=env)  # header + 2 records
+    rc = kill_when(cmd(out_dir), lambda: lines_in(journal) >= 3, cwd=repo, env=env)  # header + 2 records
     done_before = lines_in(journal) - 1
-    assert 2 <= done_before < N_TEST, "the stage was not interrupted midway"
+    assert rc == -9 and 2 <= done_before < N_TEST, f"not interrupted midway: exit {rc}, {done_before} in {journal}"
     assert not (out_dir / "generations.jsonl").exists()
     # Second kill, while judging: the rerun generates nothing again and judges only the rest.
     n_items = len(read_jsonl(tmp_path / "uninterrupted" / "judge_scores.jsonl"))
     judge_journal = out_dir / "judge_scores.jsonl.partial"
     # header + the first whole chunk of 16 (judge chunk = max(16, batch_size)): the kill lands
     # while the second chunk is scored, so the resumed run scores the same batches
-    kill_when(cmd(out_dir), lambda: lines_in(judge_journal) >= 17, cwd=repo, env=env)
+    rc = kill_when(cmd(out_dir), lambda: lines_in(judge_journal) >= 17, cwd=repo, env=env)
     judged_before = lines_in(judge_journal) - 1
-    assert 16 <= judged_before < n_items, "the judge was not interrupted midway"
+    assert rc == -9 and 16 <= judged_before < n_items, (
+        f"the judge was not interrupted midway: exit {rc}, {judged_before} of {n_items} in {judge_journal}")
     log_file = tmp_path / "resume.log"
     run(cmd(out_dir) + ["--log-file", str(log_file)], cwd=repo)
     log_text = log_file.read_text()
@@ -293,14 +298,14 @@ def _kill_and_resume(repo: Path, tmp_path: Path):
 
 
 def test_one_vac_iteration_end_to_end(pipeline):
-    """One VAC iteration with N=2 on the tiny slice: rollout, feedback, refine, judge, LoRA SFT
+    """One VAC iteration with N feedbacks on the tiny slice: rollout, feedback, refine, judge, LoRA SFT
     of the feedback model and the policy (TRL), checkpoint selection on validation, evaluation."""
-    repo = pipeline["repo"]  # the fixture's `dvc repro` ran the loop (N, TRAIN_RECORDS) on the tiny slice
+    repo = pipeline["repo"]  # the fixture's `dvc repro` ran the loop (N, LOOP_TRAIN_RECORDS) on the tiny slice
     it = repo / "outputs/nlf/iter_1"
     fb = read_jsonl(it / "signal/feedback.jsonl")
-    assert len(fb) == len(DOMAINS) * TRAIN_RECORDS * N
+    assert len(fb) == len(DOMAINS) * LOOP_TRAIN_RECORDS * N
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) * TRAIN_RECORDS and all(0 <= s["best_j"] < N for s in sel)
+    assert len(sel) == len(DOMAINS) * LOOP_TRAIN_RECORDS and all(0 <= s["best_j"] < N for s in sel)
     summary = json.loads((it / "judge/summary.json").read_text())
     # The selection follows the judge: each record's best revision has the highest candidate score.
     cand = {}
@@ -322,7 +327,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
             # drop is counted with its reason.
             assert state["skipped"] and targets["targets"] == 0
             dropped = sum(v for k, v in targets.items() if k.startswith("dropped_"))
-            assert dropped == len(DOMAINS) * TRAIN_RECORDS, targets
+            assert dropped == len(DOMAINS) * LOOP_TRAIN_RECORDS, targets
             continue
         adapter = repo / state["adapter"]
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
@@ -344,7 +349,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
         assert m["provenance"]["models"]["policy"]["adapter_hash"]
         validation = trained["policy"][0]["selection"]
         assert validation["selected_by"] == "validation_macro"
-        assert len(validation["scores"]) == LORA_STEPS // SAVE_STEPS
+        assert len(validation["scores"]) == CHECKPOINTS
     else:  # pi(1) = pi(0): evaluate@1 answered with the untrained policy
         assert m["provenance"]["models"]["policy"]["adapter"] is None
     # `personal-nlf plan` predicted exactly the judge calls these stages made.
@@ -365,9 +370,9 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     repo = pipeline["repo"]
     it = repo / "outputs/offline_rl/iter_1"
     samples = read_jsonl(it / "rollout/samples.jsonl")
-    assert len(samples) == len(DOMAINS) * TRAIN_RECORDS * N and {s["j"] for s in samples} == set(range(N))
+    assert len(samples) == len(DOMAINS) * LOOP_TRAIN_RECORDS * N and {s["j"] for s in samples} == set(range(N))
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) * TRAIN_RECORDS and all(s["best_score"] >= s["worst_score"] for s in sel)
+    assert len(sel) == len(DOMAINS) * LOOP_TRAIN_RECORDS and all(s["best_score"] >= s["worst_score"] for s in sel)
     by_key = {(s["key"], s["j"]): s["answer"] for s in samples}
     assert all(s["best"] == by_key[(s["key"], s["best_j"])] for s in sel)
     from personal_nlf.data import load_prepared
@@ -376,9 +381,9 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     assert_training_prompts_hold_no_signal(read_jsonl(it / "train_policy/policy_data.jsonl"), recs)
     state = json.loads((it / "train_policy/state.json").read_text())
     assert (repo / state["adapter"] / "adapter_model.safetensors").exists()
-    # The best of the checkpoints on validation (one every SAVE_STEPS).
+    # The best of the CHECKPOINTS on validation.
     assert state["selection"]["selected_by"] == "validation_macro"
-    assert len(state["selection"]["scores"]) == LORA_STEPS // SAVE_STEPS
+    assert len(state["selection"]["scores"]) == CHECKPOINTS
     m = json.loads((repo / "metrics/offline_rl/iter_1.json").read_text())
     assert m["provenance"]["models"]["policy"]["adapter_hash"] and 0 <= m["macro"] <= 1
     report = json.loads((repo / "metrics/report.json").read_text())
@@ -415,7 +420,7 @@ def test_summary_mode_end_to_end(pipeline):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     with serve_local_model(repo / "models/embedded/smollm2-135m-instruct", device="cpu") as (url, model):
         set_params(repo, **{
-            "summary.export_iteration": "1", "summary.num_generations": 2, "summary.n_answers": 2,
+            "summary.export_iteration": "1", "summary.num_generations": G, "summary.n_answers": 2,
             "summary.budget_tokens": 8, "models.summarizer.max_new_tokens": 16, "models.generator.max_new_tokens": 12,
             "transfer.generators": {
                 "base_policy": params["models"]["policy"],  # = models.policy: baseline rows reused
@@ -441,7 +446,7 @@ def test_summary_mode_end_to_end(pipeline):
     assert stats["objective"] == "grpo" and stats["steps"] == LORA_STEPS  # train.max_steps
     assert all({"reward", "reward_std", "kl", "completions/mean_length"} <= set(h) for h in stats["steps_log"])
     curve = json.loads((it / "train_summarizer/reward_curve.json").read_text())
-    assert curve["calls"] and curve["counts"]["summaries"] >= 2 and curve["counts"]["summaries"] % 2 == 0  # G = 2
+    assert curve["calls"] and curve["counts"]["summaries"] >= G and curve["counts"]["summaries"] % G == 0
     assert (it / "train_summarizer/adapter/adapter_config.json").exists()
     assert (it / "train_generator/adapter/adapter_config.json").exists()  # generator DPO ran
 
