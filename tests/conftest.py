@@ -1,6 +1,5 @@
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -110,7 +109,7 @@ def kill_when(cmd: list[str], ready, *, timeout_s: float = 300, **popen) -> int:
             time.sleep(0.05)
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            proc.kill()  # SIGKILL
         proc.wait()
     return proc.returncode
 

@@ -29,6 +29,7 @@ LORA_STEPS, SAVE_STEPS = 2, 1
 # A checkpoint every SAVE_STEPS and at the last step: validation selection needs two to choose from.
 CHECKPOINTS = -(-LORA_STEPS // SAVE_STEPS)  # ceil
 assert LOOP_TRAIN_RECORDS <= RECORDS and CHECKPOINTS >= 2
+LOOP_RECORDS = len(DOMAINS) * LOOP_TRAIN_RECORDS  # the train records each loop iteration uses
 G = 2  # summary mode: summaries GRPO samples per record
 
 
@@ -303,9 +304,9 @@ def test_one_vac_iteration_end_to_end(pipeline):
     repo = pipeline["repo"]  # the fixture's `dvc repro` ran the loop (N, LOOP_TRAIN_RECORDS) on the tiny slice
     it = repo / "outputs/nlf/iter_1"
     fb = read_jsonl(it / "signal/feedback.jsonl")
-    assert len(fb) == len(DOMAINS) * LOOP_TRAIN_RECORDS * N
+    assert len(fb) == LOOP_RECORDS * N
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) * LOOP_TRAIN_RECORDS and all(0 <= s["best_j"] < N for s in sel)
+    assert len(sel) == LOOP_RECORDS and all(0 <= s["best_j"] < N for s in sel)
     summary = json.loads((it / "judge/summary.json").read_text())
     # The selection follows the judge: each record's best revision has the highest candidate score.
     cand = {}
@@ -327,7 +328,7 @@ def test_one_vac_iteration_end_to_end(pipeline):
             # drop is counted with its reason.
             assert state["skipped"] and targets["targets"] == 0
             dropped = sum(v for k, v in targets.items() if k.startswith("dropped_"))
-            assert dropped == len(DOMAINS) * LOOP_TRAIN_RECORDS, targets
+            assert dropped == LOOP_RECORDS, targets
             continue
         adapter = repo / state["adapter"]
         assert (adapter / "adapter_config.json").exists() and (adapter / "adapter_model.safetensors").exists()
@@ -370,9 +371,9 @@ def test_one_offline_rl_iteration_end_to_end(pipeline):
     repo = pipeline["repo"]
     it = repo / "outputs/offline_rl/iter_1"
     samples = read_jsonl(it / "rollout/samples.jsonl")
-    assert len(samples) == len(DOMAINS) * LOOP_TRAIN_RECORDS * N and {s["j"] for s in samples} == set(range(N))
+    assert len(samples) == LOOP_RECORDS * N and {s["j"] for s in samples} == set(range(N))
     sel = read_jsonl(it / "judge/selection.jsonl")
-    assert len(sel) == len(DOMAINS) * LOOP_TRAIN_RECORDS and all(s["best_score"] >= s["worst_score"] for s in sel)
+    assert len(sel) == LOOP_RECORDS and all(s["best_score"] >= s["worst_score"] for s in sel)
     by_key = {(s["key"], s["j"]): s["answer"] for s in samples}
     assert all(s["best"] == by_key[(s["key"], s["best_j"])] for s in sel)
     from personal_nlf.data import load_prepared
