@@ -14,7 +14,8 @@ Sources: configs/paper.yaml (through `personal-nlf plan`), metrics/report.json (
 results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter_*.run.json
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py),
-benchmarks/test_runs/ (fresh-clone `.ci/run` logs).
+benchmarks/test_runs/ and benchmarks/repro_runs/ (fresh-clone `.ci/run` and `make repro` records,
+scripts/fresh_clone_run.py).
 """
 
 from __future__ import annotations
@@ -275,7 +276,8 @@ def test_runs(root: Path) -> str:
         summary = re.search(r"^=+ (\d+) passed.* in ([\d.]+)s", text, re.M)
         if not rec or not summary:
             raise SystemExit(f"{path}: no wrapper record line or pytest summary line")
-        cpu = re.search(r"this CPU has no AVX-512 \((\w+)\)", text)
+        # The CPU: the record's own line (scripts/fresh_clone_run.py), else make test's line about it
+        cpu = re.search(r"^cpu: (.*)$", text, re.M) or re.search(r"this CPU has no AVX-512 \((\w+)\)", text)
         slow = re.findall(r"^([\d.]+)s (?:setup|call)\s+tests/(\S+?)::(\S+)$", text, re.M)[:3]
         rows.append((rec[1], f"| {rec[1][:10]} | {rec[2]} | {cpu[1] if cpu else 'AVX-512'} | {int(rec[3])} | "
                     f"{int(rec[4]) / 60:.1f} | {float(summary[2]) / 60:.1f} | {summary[1]} | "
@@ -284,7 +286,26 @@ def test_runs(root: Path) -> str:
             "|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
 
 
-GENERATORS = {"timings": timings, "test_runs": test_runs, "benchmarks": benchmarks, "plan": plan,
+def repro_runs(root: Path) -> str:
+    """benchmarks/repro_runs/*.txt: fresh-clone `make setup` + `make repro` (scripts/fresh_clone_run.py),
+    one table row each, oldest first."""
+    rows = []
+    for path in sorted((root / "benchmarks" / "repro_runs").glob("*.txt")):
+        text = path.read_text()
+        rec = re.search(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", text, re.M)
+        cpu = re.search(r"^cpu: (.*)$", text, re.M)
+        setup = re.search(r"^make setup: (\d+) s", text, re.M)
+        repro = re.search(r"^make repro: (\d+) s", text, re.M)
+        stages = re.search(r"^stages run: (\d+)$", text, re.M)
+        if not (rec and cpu and setup and repro and stages):
+            raise SystemExit(f"{path}: not a scripts/fresh_clone_run.py repro record")
+        rows.append((rec[1], f"| {rec[1][:10]} | {rec[2]} | {cpu[1]} | {int(rec[3])} | {int(setup[1]) / 60:.1f} | "
+                             f"{int(repro[1]) / 60:.1f} | {int(rec[4]) / 60:.1f} | {stages[1]} |"))
+    return ("| date | revision | CPU | exit | make setup min | make repro min | wall min | stages run |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
+
+
+GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               "vllm_benchmark": vllm_benchmark,
