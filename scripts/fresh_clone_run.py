@@ -42,7 +42,9 @@ RECORD_DIRS = {"test": "test_runs", "repro": "repro_runs"}
 def run_logged(cmd: list[str], cwd: Path, log, env_extra: dict | None = None) -> tuple[int, float]:
     """Run cmd in cwd with its output appended to log; (exit status, seconds)."""
     env = {**os.environ, **(env_extra or {})}
-    env.pop("VIRTUAL_ENV", None)  # a fresh shell: the clone makes and uses its own venvs
+    venv = env.pop("VIRTUAL_ENV", None)  # a fresh shell: the clone makes and uses its own venvs
+    if venv:
+        env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv))
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     start = time.monotonic()
