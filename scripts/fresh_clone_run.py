@@ -3,6 +3,7 @@ are generated from (scripts/readme_results.py).
 
     python scripts/fresh_clone_run.py test    # git clone, CI=true bash .ci/run (= make test)
     python scripts/fresh_clone_run.py repro   # git clone, make setup, then make repro (dvc repro)
+    python scripts/fresh_clone_run.py repro -S data.source=data/sample   # make setup, then dvc exp run -S ...
 
 The clone is of this repository's HEAD (commit first: uncommitted changes are not in it), in
 --workdir (default /tmp/personal_nlf-fresh-<command>, removed first). The command's whole output
@@ -32,7 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEADERS = {
     "test": "# Fresh-clone CI rehearsal: git clone of main, CI=true bash .ci/run. First line: the wrapper's "
             "record (finished, revision, exit status, wall seconds); then .ci/run's own output (excerpts, verbatim).",
-    "repro": "# Fresh-clone `make repro`: git clone of main, `make setup`, then `make repro` (scripts/fresh_clone_run.py). "
+    "repro": "# Fresh-clone `make repro`: git clone of main, `make setup`, then `make repro` (or `dvc exp run -S ...`: the "
+             "command line) (scripts/fresh_clone_run.py). "
              "First line: the record (finished, revision, exit status, wall seconds of both); then the CPU, "
              "each command's seconds, the stages DVC ran and the output's last lines (verbatim).",
 }
@@ -74,8 +76,9 @@ def excerpt(command: str, output: str) -> list[str]:
         else:  # no durations (pytest never got that far): its last lines say why
             keep += lines[-40:]
         return keep
-    stages = [l for l in lines if re.match(r"^Running stage '", l)]
-    return [f"stages run: {len(stages)}"] + lines[-15:]
+    ran = [l for l in lines if l.startswith("Running stage '")]
+    cached = [l for l in lines if re.match(r"^Stage '.*' is cached - skipping run", l)]
+    return [f"stages run: {len(ran)}, restored from DVC's run cache: {len(cached)}"] + lines[-15:]
 
 
 def record_text(command: str, finished: str, rev: str, rc: int, wall: float, cpu: str, extra: list[str],
@@ -88,8 +91,12 @@ def record_text(command: str, finished: str, rev: str, rc: int, wall: float, cpu
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=["test", "repro"])
+    ap.add_argument("-S", "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="repro only: run `dvc exp run -S KEY=VALUE ...` after make setup instead of make repro")
     ap.add_argument("--workdir", type=Path, help="where to clone (default /tmp/personal_nlf-fresh-<command>)")
     args = ap.parse_args(argv)
+    if args.overrides and args.command != "repro":
+        ap.error("-S is for repro")
 
     work = args.workdir or Path(f"/tmp/personal_nlf-fresh-{args.command}")
     shutil.rmtree(work, ignore_errors=True)
@@ -103,15 +110,23 @@ def main(argv: list[str] | None = None) -> int:
             rc, wall = run_logged(["bash", ".ci/run"], work, log, {"CI": "true"})
         else:
             rc_setup, setup_s = run_logged(["make", "setup"], work, log)
-            rc, repro_s = (rc_setup, 0.0) if rc_setup else run_logged(["make", "repro"], work, log)
+            # make repro's own environment (Makefile RUN), for dvc exp run too
+            repro = (["make", "repro"] if not args.overrides else
+                     ["env", f"PATH={work / '.venv/bin'}:{os.environ['PATH']}", f"VIRTUAL_ENV={work / '.venv'}",
+                      "HF_HUB_OFFLINE=1", "TOKENIZERS_PARALLELISM=false", str(work / ".venv/bin/dvc"), "exp", "run",
+                      *[a for kv in args.overrides for a in ("-S", kv)]])
+            rc, repro_s = (rc_setup, 0.0) if rc_setup else run_logged(repro, work, log)
             wall = setup_s + repro_s
             torch_cap = subprocess.run([str(work / ".venv/bin/python"), "-c",
                                         "import torch; print(torch.backends.cpu.get_cpu_capability())"],
                                        capture_output=True, text=True).stdout.strip() or "unknown"
-            extra = [f"torch CPU capability {torch_cap}",
-                     f"make setup: {setup_s:.0f} s, exit {rc_setup}", f"make repro: {repro_s:.0f} s"]
+            extra = [f"torch CPU capability {torch_cap}", f"make setup: {setup_s:.0f} s, exit {rc_setup}",
+                     f"command: {'make repro' if not args.overrides else 'dvc exp run ' + ' '.join('-S ' + kv for kv in args.overrides)}",
+                     f"repro: {repro_s:.0f} s"]
     finished = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    out = ROOT / "benchmarks" / RECORD_DIRS[args.command] / f"{rev}.txt"
+    # One record per revision and command; -S overrides name theirs apart
+    suffix = "".join("_" + re.sub(r"[^\w.=-]+", "-", kv) for kv in args.overrides)
+    out = ROOT / "benchmarks" / RECORD_DIRS[args.command] / f"{rev}{suffix}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(record_text(args.command, finished, rev, rc, wall, cpu_line(), extra,
                                log_path.read_text(errors="replace")))

@@ -295,14 +295,16 @@ def repro_runs(root: Path) -> str:
         rec = re.search(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", text, re.M)
         cpu = re.search(r"^cpu: (.*)$", text, re.M)
         setup = re.search(r"^make setup: (\d+) s", text, re.M)
-        repro = re.search(r"^make repro: (\d+) s", text, re.M)
-        stages = re.search(r"^stages run: (\d+)$", text, re.M)
-        if not (rec and cpu and setup and repro and stages):
+        command = re.search(r"^command: (.*)$", text, re.M)
+        repro = re.search(r"^repro: (\d+) s", text, re.M)
+        stages = re.search(r"^stages run: (\d+), restored from DVC's run cache: (\d+)$", text, re.M)
+        if not (rec and cpu and setup and command and repro and stages):
             raise SystemExit(f"{path}: not a scripts/fresh_clone_run.py repro record")
-        rows.append((rec[1], f"| {rec[1][:10]} | {rec[2]} | {cpu[1]} | {int(rec[3])} | {int(setup[1]) / 60:.1f} | "
-                             f"{int(repro[1]) / 60:.1f} | {int(rec[4]) / 60:.1f} | {stages[1]} |"))
-    return ("| date | revision | CPU | exit | make setup min | make repro min | wall min | stages run |\n"
-            "|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
+        rows.append((rec[1], f"| {rec[1][:10]} | {rec[2]} | {cpu[1]} | `{command[1]}` | {int(rec[3])} | "
+                             f"{int(setup[1]) / 60:.1f} | {int(repro[1]) / 60:.1f} | {int(rec[4]) / 60:.1f} | "
+                             f"{stages[1]} ({stages[2]}) |"))
+    return ("| date | revision | CPU | command | exit | make setup min | command min | wall min | stages run (from run cache) |\n"
+            "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
 
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,

@@ -17,7 +17,7 @@ noise
 ====== 470 passed, 3 skipped in 1500.25s (0:25:00) ======
 """
 REPRO_OUTPUT = "".join(f"Running stage 'stage_{i}':\n> python stages/x.py\n" for i in range(33)) + \
-    "Updating lock file 'dvc.lock'\nUse `dvc push` to send your updates to remote storage.\n"
+    "Stage 'offline_rl_init' is cached - skipping run, checking out outputs\nUpdating lock file 'dvc.lock'\nUse `dvc push` to send your updates to remote storage.\n"
 
 
 def test_a_test_record_becomes_a_table_row(tmp_path):
@@ -32,12 +32,13 @@ def test_a_test_record_becomes_a_table_row(tmp_path):
 
 def test_a_repro_record_becomes_a_table_row(tmp_path):
     (tmp_path / "benchmarks" / "repro_runs").mkdir(parents=True)
-    extra = ["torch CPU capability AVX512_BF16", "make setup: 210 s, exit 0", "make repro: 1290 s"]
+    extra = ["torch CPU capability AVX512_BF16", "make setup: 210 s, exit 0", "command: make repro", "repro: 1290 s"]
     text = fresh_clone_run.record_text("repro", "2026-12-06T12:00:00Z", "abc1234", 0, 1500, CPU, extra, REPRO_OUTPUT)
-    assert "stages run: 33" in text
+    assert "stages run: 33, restored from DVC's run cache: 1" in text
     (tmp_path / "benchmarks" / "repro_runs" / "abc1234.txt").write_text(text)
     row = readme_results.repro_runs(tmp_path).splitlines()[2]
-    assert row == "| 2026-12-06 | abc1234 | Some CPU, 2 cores, AVX-512 with AVX512-BF16 | 0 | 3.5 | 21.5 | 25.0 | 33 |"
+    assert row == ("| 2026-12-06 | abc1234 | Some CPU, 2 cores, AVX-512 with AVX512-BF16 | `make repro` | 0 | 3.5 | 21.5 "
+                   "| 25.0 | 33 (1) |")
 
 
 def test_a_record_without_its_lines_is_refused(tmp_path):
