@@ -7,6 +7,7 @@ template (base models such as Gemma 3 270M) render it as plain text with `render
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -85,3 +86,19 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # release GPU memory / engines
         pass
+
+
+class StreamingBackend(Backend):
+    """A backend that yields each prompt's generations as they finish (vllm, openai: many requests
+    in flight); generate() collects them in prompt order. generation.generate_journaled journals
+    them as they come."""
+
+    @abc.abstractmethod
+    def generate_stream(self, prompts: list[Messages], sampling: Sampling) -> Iterator[tuple[int, list[Generation]]]:
+        """(prompt index, its `sampling.n` generations), in the order they finish."""
+
+    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
+        out: list[list[Generation] | None] = [None] * len(prompts)
+        for i, gens in self.generate_stream(prompts, sampling):
+            out[i] = gens
+        return out  # type: ignore[return-value]

@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..config import RoleConfig
-from .base import Backend, BackendError, Generation, Messages, Sampling
+from .base import BackendError, StreamingBackend, Generation, Messages, Sampling
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def labels_from_top_logprobs(entry: dict[str, Any], choices: list[str]) -> dict[
     return out
 
 
-class OpenAIBackend(Backend):
+class OpenAIBackend(StreamingBackend):
     name = "openai"
 
     def __init__(
@@ -343,12 +343,6 @@ class OpenAIBackend(Backend):
             row[j] = gen
             if all(g is not None for g in row):
                 yield i, got.pop(i)  # type: ignore[misc]
-
-    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
-        out: list[list[Generation] | None] = [None] * len(prompts)
-        for i, gens in self.generate_stream(prompts, sampling):
-            out[i] = gens
-        return out  # type: ignore[return-value]
 
     def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
         """One-token chat completions with `logprobs`/`top_logprobs=TOP_LOGPROBS`, the answer prefix

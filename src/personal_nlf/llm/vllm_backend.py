@@ -73,7 +73,7 @@ from typing import Any
 
 from ..config import RoleConfig
 from ..models import folder_hash, resolve
-from .base import Backend, BackendError, Generation, Messages, Sampling, render_plain
+from .base import BackendError, StreamingBackend, Generation, Messages, Sampling, render_plain
 from .hf import label_token_ids
 
 # Log-probability reported for a choice that is not among the returned top log-probs
@@ -159,7 +159,7 @@ def fit_prompt(
     return ids, cut
 
 
-class VLLMBackend(Backend):
+class VLLMBackend(StreamingBackend):
     name = "vllm"
     # Set per engine in __init__ (class defaults for instances built without it, e.g. test doubles).
     by_token_ids = False
@@ -426,12 +426,6 @@ class VLLMBackend(Backend):
                     extra=extra,
                 ))
             yield i, gens
-
-    def generate(self, prompts: list[Messages], sampling: Sampling) -> list[list[Generation]]:
-        results: list[list[Generation] | None] = [None] * len(prompts)
-        for i, gens in self.generate_stream(prompts, sampling):
-            results[i] = gens
-        return results  # type: ignore[return-value]
 
     def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
         if not prompts:
