@@ -100,7 +100,8 @@ def stage_revision(clone: Path) -> str:
 
 def pipeline_stages(repo: Path, dvc_yaml: str) -> set[str]:
     """The stage names `dvc_yaml` defines (foreach expanded), as its dvc.lock names them."""
-    out = subprocess.run(["dvc", "stage", "list", "--name-only", dvc_yaml], cwd=repo, capture_output=True,
+    dvc = repo / ".venv" / "bin" / "dvc"  # the clone's own (`run` sets the clone up); else the caller's
+    out = subprocess.run([str(dvc) if dvc.exists() else "dvc", "stage", "list", "--name-only", dvc_yaml], cwd=repo, capture_output=True,
                          text=True, check=True).stdout
     return {line.split(":")[-1] for line in out.split()}
 
