@@ -128,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     suffix = "".join("_" + re.sub(r"[^\w.=-]+", "-", kv) for kv in args.overrides)
     out = ROOT / "benchmarks" / RECORD_DIRS[args.command] / f"{rev}{suffix}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(record_text(args.command, finished, rev, rc, wall, cpu_line(), extra,
-                               log_path.read_text(errors="replace")))
+    output = log_path.read_text(errors="replace")
+    vllm_setup = work / ".venv-vllm-setup.log"  # make test builds .venv-vllm in the background, logged here
+    if vllm_setup.exists():
+        output += vllm_setup.read_text(errors="replace")
+    out.write_text(record_text(args.command, finished, rev, rc, wall, cpu_line(), extra, output))
     print(f"{args.command} at {rev}: exit {rc}, {wall / 60:.1f} min; record {out.relative_to(ROOT)}, "
           f"whole output {log_path}")
     return rc
