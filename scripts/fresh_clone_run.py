@@ -30,6 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from results_runs import venv_env  # noqa: E402  (make repro's environment, for dvc exp run -S)
 HEADERS = {
     "test": "# Fresh-clone CI rehearsal: git clone of main, CI=true bash .ci/run. First line: the wrapper's "
             "record (finished, revision, exit status, wall seconds); then .ci/run's own output (excerpts, verbatim).",
@@ -41,12 +43,17 @@ HEADERS = {
 RECORD_DIRS = {"test": "test_runs", "repro": "repro_runs"}
 
 
-def run_logged(cmd: list[str], cwd: Path, log, env_extra: dict | None = None) -> tuple[int, float]:
-    """Run cmd in cwd with its output appended to log; (exit status, seconds)."""
-    env = {**os.environ, **(env_extra or {})}
-    venv = env.pop("VIRTUAL_ENV", None)  # a fresh shell: the clone makes and uses its own venvs
+def fresh_shell_env() -> dict[str, str]:
+    """This environment without an active venv: the clone makes and uses its own venvs."""
+    env = dict(os.environ)
+    venv = env.pop("VIRTUAL_ENV", None)
     if venv:
         env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if not p.startswith(venv))
+    return env
+
+
+def run_logged(cmd: list[str], cwd: Path, log, env: dict[str, str]) -> tuple[int, float]:
+    """Run cmd in cwd with env, its output appended to log; (exit status, seconds)."""
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     start = time.monotonic()
@@ -107,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     extra = []
     with log_path.open("w") as log:
         if args.command == "test":
-            rc, wall = run_logged(["bash", ".ci/run"], work, log, {"CI": "true"})
+            rc, wall = run_logged(["bash", ".ci/run"], work, log, {**fresh_shell_env(), "CI": "true"})
         else:
-            rc_setup, setup_s = run_logged(["make", "setup"], work, log)
-            # make repro's own environment (Makefile RUN), for dvc exp run too
-            repro = (["make", "repro"] if not args.overrides else
-                     ["env", f"PATH={work / '.venv/bin'}:{os.environ['PATH']}", f"VIRTUAL_ENV={work / '.venv'}",
-                      "HF_HUB_OFFLINE=1", "TOKENIZERS_PARALLELISM=false", str(work / ".venv/bin/dvc"), "exp", "run",
-                      *[a for kv in args.overrides for a in ("-S", kv)]])
-            rc, repro_s = (rc_setup, 0.0) if rc_setup else run_logged(repro, work, log)
+            rc_setup, setup_s = run_logged(["make", "setup"], work, log, fresh_shell_env())
+            repro, env = ((["make", "repro"], fresh_shell_env()) if not args.overrides else
+                          (["dvc", "exp", "run", *[a for kv in args.overrides for a in ("-S", kv)]],
+                           venv_env(work)))
+            rc, repro_s = (rc_setup, 0.0) if rc_setup else run_logged(repro, work, log, env)
             wall = setup_s + repro_s
             torch_cap = subprocess.run([str(work / ".venv/bin/python"), "-c",
                                         "import torch; print(torch.backends.cpu.get_cpu_capability())"],

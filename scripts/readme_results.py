@@ -266,13 +266,17 @@ def vllm_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_vllm.md", "Prompts", "Ratios")
 
 
+# A fresh-clone record's first line (scripts/fresh_clone_run.py): finished, revision, exit status, wall seconds
+RECORD_LINE = re.compile(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", re.M)
+
+
 def test_runs(root: Path) -> str:
     """benchmarks/test_runs/*.txt: fresh-clone runs of `.ci/run` (the wrapper's record line, then
     .ci/run's own output), one table row each, oldest first."""
     rows = []
     for path in sorted((root / "benchmarks" / "test_runs").glob("*.txt")):
         text = path.read_text()
-        rec = re.search(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", text, re.M)
+        rec = RECORD_LINE.search(text)
         summary = re.search(r"^=+ (\d+) passed.* in ([\d.]+)s", text, re.M)
         if not rec or not summary:
             raise SystemExit(f"{path}: no wrapper record line or pytest summary line")
@@ -292,7 +296,7 @@ def repro_runs(root: Path) -> str:
     rows = []
     for path in sorted((root / "benchmarks" / "repro_runs").glob("*.txt")):
         text = path.read_text()
-        rec = re.search(r"^(\S+Z) (\w+) rc=(\d+) wall=(\d+)s$", text, re.M)
+        rec = RECORD_LINE.search(text)
         cpu = re.search(r"^cpu: (.*)$", text, re.M)
         setup = re.search(r"^make setup: (\d+) s", text, re.M)
         command = re.search(r"^command: (.*)$", text, re.M)

@@ -165,6 +165,13 @@ def collect(run: str, clone: Path, wall_minutes: float, machine: str, cmd: str |
         print("and metrics/, dvc.lock at the top level")
 
 
+def venv_env(clone: Path) -> dict[str, str]:
+    """This environment inside the clone's .venv, as the Makefile's RUN sets it for `make repro`."""
+    venv = clone / ".venv"
+    return {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "VIRTUAL_ENV": str(venv),
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
 def run(name: str, machine: str, clone: Path | None = None) -> None:
     """In a fresh clone of HEAD, or with `clone` in an earlier run's clone moved to HEAD: there DVC
     reruns only the stages whose code, data or params changed and restores the rest from its cache.
@@ -181,11 +188,8 @@ def run(name: str, machine: str, clone: Path | None = None) -> None:
             subprocess.run(["git", "fetch", "-q", str(ROOT), head], cwd=clone, check=True)
             subprocess.run(["git", "reset", "-q", "--hard", head], cwd=clone, check=True)
         subprocess.run(["make", "setup"], cwd=clone, check=True)
-        venv = clone / ".venv"
-        env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}",
-               "VIRTUAL_ENV": str(venv), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
         t0 = time.time()
-        subprocess.run(command(name).split(), cwd=clone, env=env, check=True)
+        subprocess.run(command(name).split(), cwd=clone, env=venv_env(clone), check=True)
         collect(name, clone, round((time.time() - t0) / 60, 1), machine)
 
 
