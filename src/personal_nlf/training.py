@@ -93,6 +93,30 @@ def _sync_colocated_vllm_by_reload(generation) -> None:
     log.info("grpo: vLLM colocated on CPU; trained weights reach it through vLLM's reload_weights")
 
 
+def score_label_positions_only_on_cpu() -> None:
+    """Make TRL's fused LM head score only the positions that carry a label on CPU, as it does on
+    Triton devices. SFT, DPO and GRPO compute per-token log-probs through `add_fused_lm_head`; off
+    Triton it scores every position, prompt and padding included, so that a graph compiler
+    (Neuron) sees fixed tile shapes. Eager CPU compiles nothing, and scoring a ~600-token feedback
+    prompt to train on its ~50 feedback tokens was about half of each CPU training step (cProfile
+    of train_feedback, TRL 1.16). TRL's own label-only branch gives the same loss and gradients
+    (tests/test_training_head.py), so only the branch choice changes, not the trainer."""
+    from trl.trainer import utils as trl_utils
+
+    decide = getattr(trl_utils, "_use_triton", None)
+    if decide is None:  # a TRL without this branch: nothing to choose
+        return
+    if getattr(decide, "label_only_on_cpu", False):
+        return
+
+    def label_only(device) -> bool:
+        return device.type == "cpu" or decide(device)
+
+    label_only.label_only_on_cpu = True
+    label_only.trl_decision = decide
+    trl_utils._use_triton = label_only
+
+
 def _lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
@@ -201,6 +225,7 @@ def train(objective: str, rows: list[dict[str, Any]], role: RoleConfig, models_d
     work_dir = Path(work_dir)
     if claim:
         _claim_work_dir(work_dir, work_fingerprint(objective, rows, role, cfg, seed, init_adapter, grpo))
+    score_label_positions_only_on_cpu()
     model, tok = _model(role, models_dir, init_adapter)
     peft_config = None if init_adapter else _lora_config(cfg)
     ds = Dataset.from_list(rows)
