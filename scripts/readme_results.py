@@ -248,6 +248,12 @@ def pairwise_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_pairwise.md", "Policy", "Shared / full time")
 
 
+def training_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_training.md (bench_training.py): LoRA SFT on CPU with TRL's fused LM head
+    over the labelled positions only and over every position, side by side."""
+    return side_by_side_benchmark(root, "RESULTS_training.md", "Training", "Labelled / every position time")
+
+
 def adapter_benchmark(root: Path) -> str:
     """benchmarks/RESULTS_adapter.md (bench_adapter.py): a trained LoRA adapter served merged and
     unmerged, its effect on its own targets against fp32, and generation time, side by side."""
@@ -313,6 +319,7 @@ def repro_runs(root: Path) -> str:
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
+              "training_benchmark": training_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               "vllm_benchmark": vllm_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))

@@ -203,3 +203,36 @@ def test_adapter_benchmark_runs(embedded_models, random_adapter, tmp_path):
     text = out.read_text()
     assert "| fp32 unmerged (reference) |" in text and " merged | " in text and "merged / unmerged time" in text
     assert float(re.search(r"max \|effect difference\| (\S+)", text).group(1)) < 1e-2
+
+
+def test_n_samples_of_a_prompt_share_its_prefill_and_sample_as_num_return_sequences(judge_backend, monkeypatch):
+    """N samples per prompt (offline RL's rollout, VAC's feedbacks) compute each prompt once and
+    copy its KV cache N times. With the same seed they sample what generate() samples with
+    num_return_sequences=N, which computes the prompt N times (fp32; left-padded prompts of
+    different lengths in one batch)."""
+    import torch
+
+    from personal_nlf.llm.base import Sampling
+
+    msgs = [prompts.no_pers("How do I start drawing?"),
+            prompts.rag("Which paints last longest on canvas outdoors?", ["I paint murals.", "I live by the sea."])]
+    s = Sampling(temperature=1.0, max_new_tokens=8, seed=3, n=3)
+    calls = []
+    prefill = judge_backend._prefill
+    monkeypatch.setattr(judge_backend, "_prefill", lambda ids, mask: calls.append(ids.shape) or prefill(ids, mask))
+    shared = judge_backend.generate(msgs, s)
+    assert len(calls) == 1 and calls[0][0] == 2  # one prefill of the two prompts, not of six rows
+
+    texts = [judge_backend.render(m) for m in msgs]
+    order = sorted(range(2), key=lambda i: len(texts[i]))
+    input_ids, mask, _, _ = judge_backend._encode([texts[i] for i in order])
+    torch.manual_seed(s.seed)
+    with torch.inference_mode():
+        out = judge_backend.model.generate(input_ids=input_ids, attention_mask=mask, num_return_sequences=3,
+                                           max_new_tokens=8, do_sample=True, temperature=1.0, top_p=1.0,
+                                           pad_token_id=judge_backend.tok.pad_token_id)
+    new = out[:, input_ids.shape[1]:]
+    for j, i in enumerate(order):
+        want = [judge_backend.tok.decode(new[j * 3 + k], skip_special_tokens=True).strip() for k in range(3)]
+        assert [g.text for g in shared[i]] == want
+    assert len({g.text for g in shared[1]}) > 1  # sampled, not one answer copied

@@ -200,8 +200,7 @@ class HFBackend(Backend):
         for b, start in enumerate(range(0, len(order), bs)):
             idx = order[start:start + bs]
             input_ids, mask, lens, flags = self._encode([texts[i] for i in idx])
-            gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tok.pad_token_id,
-                                              num_return_sequences=sampling.n)
+            gen_kwargs: dict[str, Any] = dict(max_new_tokens=sampling.max_new_tokens, pad_token_id=self.tok.pad_token_id)
             if sampling.temperature > 0:
                 gen_kwargs.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
             else:
@@ -209,7 +208,17 @@ class HFBackend(Backend):
             torch.manual_seed(sampling.seed + b)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+                if sampling.n > 1 and input_ids.shape[1] > 1:
+                    # N samples of one prompt (offline RL's rollout, VAC's feedbacks): the prompt is
+                    # computed once and its KV cache copied N times, where num_return_sequences
+                    # would compute it N times. Rows come out as num_return_sequences orders them.
+                    cache = self._prefill(input_ids[:, :-1], mask[:, :-1])
+                    cache.batch_repeat_interleave(sampling.n)
+                    out = self.model.generate(input_ids=input_ids.repeat_interleave(sampling.n, dim=0),
+                                              attention_mask=mask.repeat_interleave(sampling.n, dim=0),
+                                              past_key_values=cache, **gen_kwargs)
+                else:
+                    out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
             dt = (time.perf_counter() - t0) / len(idx)
             new = out[:, input_ids.shape[1]:]
             for j, i in enumerate(idx):
@@ -224,6 +233,14 @@ class HFBackend(Backend):
                                            extra={"truncated": True} if flags[j] else {}))
                 results[i] = gens
         return results  # type: ignore[return-value]
+
+    def _prefill(self, input_ids, mask):
+        """The KV cache of left-padded prompts, with the positions generate() gives them (counted
+        from each row's first real token), for generate() to continue from."""
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        # Only the cache is wanted: logits_to_keep=1 spares the lm_head over the prompt.
+        return self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                          logits_to_keep=1).past_key_values
 
     def choice_logprobs(self, prompts: list[Messages], answer_prefix: str, choices: list[str]) -> list[dict[str, float]]:
         import torch
