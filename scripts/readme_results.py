@@ -254,6 +254,12 @@ def training_benchmark(root: Path) -> str:
     return side_by_side_benchmark(root, "RESULTS_training.md", "Training", "Labelled / every position time")
 
 
+def sampling_benchmark(root: Path) -> str:
+    """benchmarks/RESULTS_sampling.md (bench_sampling.py): N samples per prompt with the prompt's
+    prefill shared and computed N times (num_return_sequences), side by side."""
+    return side_by_side_benchmark(root, "RESULTS_sampling.md", "Sampling", "Shared / num_return_sequences time")
+
+
 def adapter_benchmark(root: Path) -> str:
     """benchmarks/RESULTS_adapter.md (bench_adapter.py): a trained LoRA adapter served merged and
     unmerged, its effect on its own targets against fp32, and generation time, side by side."""
@@ -319,7 +325,7 @@ def repro_runs(root: Path) -> str:
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
-              "training_benchmark": training_benchmark,
+              "training_benchmark": training_benchmark, "sampling_benchmark": sampling_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               "vllm_benchmark": vllm_benchmark,
               **{run: (lambda root, run=run: controlled(root, run))

@@ -208,7 +208,7 @@ class HFBackend(Backend):
             torch.manual_seed(sampling.seed + b)
             t0 = time.perf_counter()
             with torch.inference_mode():
-                if sampling.n > 1 and input_ids.shape[1] > 1:
+                if sampling.n > 1 and SHARE_SAMPLE_PREFILL and input_ids.shape[1] > 1:
                     # N samples of one prompt (offline RL's rollout, VAC's feedbacks): the prompt is
                     # computed once and its KV cache copied N times, where num_return_sequences
                     # would compute it N times. Rows come out as num_return_sequences orders them.
@@ -218,7 +218,8 @@ class HFBackend(Backend):
                                               attention_mask=mask.repeat_interleave(sampling.n, dim=0),
                                               past_key_values=cache, **gen_kwargs)
                 else:
-                    out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+                    out = self.model.generate(input_ids=input_ids, attention_mask=mask,
+                                              num_return_sequences=sampling.n, **gen_kwargs)
             dt = (time.perf_counter() - t0) / len(idx)
             new = out[:, input_ids.shape[1]:]
             for j, i in enumerate(idx):
@@ -396,6 +397,9 @@ class HFBackend(Backend):
 
 # A prefix shorter than this is not worth a separate forward pass and a cache copy.
 MIN_SHARED_PREFIX = 32
+# N samples of one prompt share its prefill (off: generate's num_return_sequences computes the
+# prompt N times; benchmarks/bench_sampling.py times both).
+SHARE_SAMPLE_PREFILL = True
 
 
 def shared_prefix_groups(seqs: list[list[int]], min_prefix: int) -> list[tuple[int, list[int]]]:
