@@ -72,9 +72,11 @@ def machine() -> str:
     return f"{os.cpu_count()}-core CPU{mem}, {gpu}"
 
 
-def provenance_head(title: str, repo: Path, python: str = "python") -> list[str]:
-    """A results file's first lines: title, date, machine, the command as run, git revision."""
-    cmd = " ".join(shlex.quote(a) for a in [python, Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+def provenance_head(title: str, repo: Path, python: str = "python", argv: list[str] | None = None) -> list[str]:
+    """A results file's first lines: title, date, machine, the command as run, git revision.
+    argv: the arguments main() was given, when not the command line's."""
+    args = sys.argv[1:] if argv is None else argv
+    cmd = " ".join(shlex.quote(a) for a in [python, Path(sys.argv[0]).as_posix(), *args])
     return [f"# {title}", "", f"- Date: {dt.date.today().isoformat()}", f"- Machine: {machine()}",
             f"- Command: `{cmd}`", f"- Git revision: {git_rev(repo)}"]
 

@@ -17,9 +17,7 @@ defaults. Run it on an idle machine: on 2 shared cores, timings under load mean 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import git_rev, machine  # noqa: E402
+from bench_generation import provenance_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,11 +82,8 @@ def main(argv=None) -> int:
     flips = sum((a > 0) != (b > 0) for a, b in zip(shared, full))
     tokens = [len(backend.tok(backend.render(c.prompt), add_special_tokens=False)["input_ids"]) for c in cases]
     ratio = med["shared prompt"] / med["full sequences"]
-    L = ["# Benchmark: pairwise preference likelihoods, shared prompt vs full sequences", "",
-         f"- Date: {dt.date.today().isoformat()}",
-         f"- Machine: {machine()}",
-         f"- Command: `python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}`",
-         f"- Git revision: {git_rev(REPO)}",
+    title = "Benchmark: pairwise preference likelihoods, shared prompt vs full sequences"
+    L = provenance_head(title, REPO, argv=argv) + [
          f"- Policy: {params.models.policy.model} (batch_size {params.models.policy.batch_size}), "
          f"{len(cases)} pairs of {len({(c.domain, c.id) for c in cases})} test users of data/persona "
          f"({', '.join(params.data.domains)}), RAG prompt with k = {params.retrieval.k}: "

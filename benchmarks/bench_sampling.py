@@ -17,9 +17,7 @@ defaults. Run it on an idle machine: on 2 shared cores, timings under load mean 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -27,7 +25,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import git_rev, machine  # noqa: E402
+from bench_generation import provenance_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -82,11 +80,8 @@ def main(argv=None) -> int:
     tokens = {k: sum(g.completion_tokens for gs in v for g in gs) for k, v in outs.items()}
     prompt_tok = [gs[0].prompt_tokens for gs in a]
     ratio = med["shared prefill"] / med["num_return_sequences"]
-    L = ["# Benchmark: N samples per prompt, shared prefill vs num_return_sequences", "",
-         f"- Date: {dt.date.today().isoformat()}",
-         f"- Machine: {machine()}",
-         f"- Command: `python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}`",
-         f"- Git revision: {git_rev(REPO)}",
+    title = "Benchmark: N samples per prompt, shared prefill vs num_return_sequences"
+    L = provenance_head(title, REPO, argv=argv) + [
          f"- Sampling: {role.model} (batch_size {role.batch_size}, {backend.describe().get('dtype')}), "
          f"{len(msgs)} RAG prompts of data/persona train users x N = {n} samples at temperature "
          f"{sampling.temperature}, up to {sampling.max_new_tokens} new tokens: prompt tokens mean "

@@ -17,10 +17,8 @@ defaults. Run it on an idle machine: on 2 shared cores, timings under load mean 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -31,7 +29,7 @@ from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_generation import git_rev, machine  # noqa: E402
+from bench_generation import provenance_head  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,11 +97,8 @@ def main(argv=None) -> int:
                        add_special_tokens=False)["input_ids"]) for r in rows]
     answer_tok = [len(tok(r["completion"][0]["content"], add_special_tokens=False)["input_ids"]) for r in rows]
     tc = params.train
-    L = ["# Benchmark: LoRA SFT on CPU, fused LM head over labelled positions vs every position", "",
-         f"- Date: {dt.date.today().isoformat()}",
-         f"- Machine: {machine()}",
-         f"- Command: `python {' '.join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])])}`",
-         f"- Git revision: {git_rev(REPO)}",
+    title = "Benchmark: LoRA SFT on CPU, fused LM head over labelled positions vs every position"
+    L = provenance_head(title, REPO, argv=argv) + [
          f"- Training: {params.models.policy.model}, LoRA r {tc.lora_r}, {tc.max_steps} steps of batch "
          f"{tc.per_device_batch_size}, {len(rows)} rows of data/persona's train split (RAG prompt, k = "
          f"{params.retrieval.k}): prompt tokens mean {statistics.mean(prompt_tok):.0f}, answer tokens mean "
