@@ -15,7 +15,7 @@ results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py),
 benchmarks/test_runs/ and benchmarks/repro_runs/ (fresh-clone `.ci/run` and `make repro` records,
-scripts/fresh_clone_run.py).
+scripts/fresh_clone_run.py), benchmarks/learning_probes/ (scripts/learning_probe.py).
 """
 
 from __future__ import annotations
@@ -323,11 +323,47 @@ def repro_runs(root: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(row for _, row in sorted(rows)) + "\n")
 
 
+LIST_PERSONAS, PROSE_PERSONAS = ("list_brief+plain", "list_brief+expert"), ("prose_full+plain", "prose_full+expert")
+
+
+def learning_probes(root: Path) -> str:
+    """benchmarks/learning_probes/ (scripts/learning_probe.py), its newest record: per setting,
+    offline RL's first iteration against its RAG start, its targets, and the share of lists that
+    list-persona and prose-persona users get before and after training."""
+    path = max((root / "benchmarks" / "learning_probes").glob("*.json"),
+               key=lambda p: (json.loads(p.read_text())["date"], p.name))
+    rec = json.loads(path.read_text())
+
+    def split(d: dict) -> str:  # list personas / prose personas, each the mean of its two ("—": no such user)
+        return " / ".join(f"{sum(d[p] for p in ps) / len(ps):.2f}" if all(p in d for p in ps) else "—"
+                          for ps in (LIST_PERSONAS, PROSE_PERSONAS))
+
+    def change(a: dict, b: dict) -> str:
+        return " / ".join(f"{sum(b[p] - a[p] for p in ps) / len(ps):+.3f}" for ps in (LIST_PERSONAS, PROSE_PERSONAS))
+
+    rows = []
+    for name, s in rec["settings"].items():
+        t, tg = s["test"], s["targets"]
+        rows.append(f"| {name} | {' '.join(f'`-S {o}`' for o in s['overrides']) or '(none: the default)'} | "
+                    f"{s['train_users']} | {s['lora_steps']} | {tg['mean_best_score']:.3f} ({tg['mean_sample_score']:.3f}) | "
+                    f"{split(tg['list_share_by_persona'])} | {split(tg['fits_every_check_by_persona'])} | "
+                    f"{split(t['rag_list_share_by_persona'])} → {split(t['offline_rl_list_share_by_persona'])} | "
+                    f"{change(t['rag_by_persona'], t['offline_rl_by_persona'])} | {t['rag_macro']:.3f} | "
+                    f"{t['offline_rl_macro']:.3f} | {t['permutation']['diff']:+.3f} | {t['n']} | "
+                    f"{t['permutation']['p_value']:.3f} | {t['t_test']['p_value']:.3f} |")
+    return (f"From `benchmarks/learning_probes/{path.name}` ({rec['date']}, the clone at git {rec['clone_revision'][:7]}, "
+            f"{rec['machine']}; `{' '.join(rec['command'].split())} --in CLONE`). Pairs of figures: list personas / prose personas.\n\n"
+            "| setting | overrides | train users | LoRA steps | targets: mean score (samples') | targets that are lists | "
+            "targets passing every check | test answers that are lists: RAG → trained | score change | RAG | "
+            "offline_rl@1 | diff | n | perm. p | t p |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               "training_benchmark": training_benchmark, "sampling_benchmark": sampling_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
-              "vllm_benchmark": vllm_benchmark,
+              "vllm_benchmark": vllm_benchmark, "learning_probes": learning_probes,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 

@@ -1,0 +1,172 @@
+"""benchmarks/learning_probes/: does offline RL beat its untrained start with more budget?
+
+    python scripts/learning_probe.py --in CLONE [--setting NAME ...] [--machine TEXT]
+
+Issue 13 asks for the smallest change that makes a trained loop beat its untrained start on the
+controlled-persona benchmark, measured. This script measures candidates on the real pipeline.
+CLONE is a clone where the committed default run finished (`make repro`, or
+`scripts/results_runs.py run persona --in CLONE`), at a revision whose pipeline (src/, stages/,
+dvc.yaml, params.yaml, data/) is HEAD's; the script refuses any other. For each setting (SETTINGS
+below) it restores the clone's params.yaml and runs
+`dvc exp run offline_rl_evaluate@1 baseline_rag -S ...`. DVC reruns offline RL's first iteration
+(rollout of N samples per train user, verifier judge, best-of-N LoRA SFT, evaluation on the test
+split) and restores the rest from its cache, including the RAG baseline that the iteration starts
+from, unless the setting changes the data.
+
+It writes benchmarks/learning_probes/<clone revision>.json. For each setting the record holds
+offline_rl@1 against RAG with the report's paired tests (sign-flip permutation and t-test on the
+same test questions), and the training targets' verifier scores. Both are also given per ground-truth
+persona, with the share of answers and targets that are bulleted lists. The personas are read
+here, for analysis only; no prompt sees them. `scripts/readme_results.py` tabulates the newest
+record in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+from personal_nlf import metrics  # noqa: E402
+from personal_nlf.config import load_params  # noqa: E402
+from personal_nlf.io import read_jsonl  # noqa: E402
+
+OUT = ROOT / "benchmarks" / "learning_probes"
+# name -> `-S` overrides of params.yaml. N is nlf.n_feedback (offline RL uses VAC's N); train users
+# per domain nlf.max_train_records_per_domain.
+SETTINGS = {
+    "default": [],
+    "users24_steps32": ["nlf.max_train_records_per_domain=8", "train.max_steps=32"],
+    "users48_steps96": ["nlf.max_train_records_per_domain=16", "train.max_steps=96"],
+    "t0.7_n8_users24_steps48": ["offline_rl.temperature=0.7", "nlf.n_feedback=8",
+                                "nlf.max_train_records_per_domain=8", "train.max_steps=48"],
+    "t0.7_n8_users48_steps96": ["offline_rl.temperature=0.7", "nlf.n_feedback=8",
+                                "nlf.max_train_records_per_domain=16", "train.max_steps=96"],
+    # Every record of the benchmark: 120 train users, and 120 test questions instead of 48.
+    "t0.7_n8_all_records_steps240": ["offline_rl.temperature=0.7", "nlf.n_feedback=8", "data.max_records_per_split=null",
+                                     "nlf.max_train_records_per_domain=null", "train.max_steps=240"],
+}
+PIPELINE_PATHS = ["src", "stages", "dvc.yaml", "params.yaml", "data", "configs"]
+LIST_LINES = 3  # verifier.py's list_form: full marks from 3 list lines
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def personas(clone: Path) -> dict[tuple[str, str], str]:
+    """(domain, record id) -> ground-truth persona id, from the benchmark's files (analysis only)."""
+    out = {}
+    for path in sorted((clone / "data/persona").glob("*/*.json")):
+        for rec in json.loads(path.read_text()):
+            out[(path.parent.name, rec["id"])] = rec["persona"]
+    return out
+
+
+def is_list(row: dict) -> bool | None:
+    """Whether a judged answer is a bulleted list, from its list_form / prose_form check's detail."""
+    if row.get("check") in ("list_form", "prose_form"):
+        return row["detail"]["list_lines"] >= LIST_LINES
+    return None
+
+
+def by_persona(values: dict[tuple[str, str], float], persona: dict) -> dict[str, float]:
+    groups = defaultdict(list)
+    for key, v in values.items():
+        groups[persona[key]].append(v)
+    return {p: round(sum(v) / len(v), 3) for p, v in sorted(groups.items())}
+
+
+def list_share(rows: list[dict], persona: dict, candidate: dict[tuple[str, str], str] | None = None) -> dict[str, float]:
+    """Per persona, the share of answers (or of each record's `candidate`) that are lists."""
+    lists = {}
+    for r in rows:
+        key = (r["domain"], r["id"])
+        if candidate is not None and r.get("candidate") != candidate.get(key):
+            continue
+        if (flag := is_list(r)) is not None:
+            lists[key] = float(flag)
+    return by_persona(lists, persona)
+
+
+def measure(clone: Path, persona: dict, seed: int) -> dict:
+    """offline_rl@1 against RAG, and its targets, from the clone's outputs after a run; the
+    bootstrap and permutation use the report's seed (params.yaml's), as the report does."""
+    rag_rows = read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl")
+    rl_rows = read_jsonl(clone / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl")
+    rag, rl = metrics.question_scores(rag_rows), metrics.question_scores(rl_rows)
+    sel = read_jsonl(clone / "outputs/offline_rl/iter_1/judge/selection.jsonl")
+    keys = {r["key"]: (r["key"].split("/")[0], r["key"].split("/")[-1]) for r in sel}
+    best = {keys[r["key"]]: r["best_score"] for r in sel}
+    chosen = {keys[r["key"]]: f"s{r['best_j']}" for r in sel}
+    judged = read_jsonl(clone / "outputs/offline_rl/iter_1/judge/judge_scores.jsonl")
+    stats = json.loads((clone / "outputs/offline_rl/iter_1/train_policy/train_stats.json").read_text())
+    t = metrics.paired_t_test(rl, rag)
+    return {
+        "train_users": len(sel),
+        "lora_steps": stats.get("steps"),
+        "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")],
+        "targets": {"mean_best_score": round(sum(best.values()) / len(best), 4),
+                    "mean_sample_score": round(sum(r["mean_score"] for r in sel) / len(sel), 4),
+                    "best_score_by_persona": by_persona(best, persona),
+                    "fits_every_check_by_persona": by_persona({k: float(v == 1.0) for k, v in best.items()}, persona),
+                    "list_share_by_persona": list_share(judged, persona, chosen)},
+        "test": {"n": len(set(rl) & set(rag)),
+                 "rag_macro": metrics.summarize(rag, seed=seed)["macro"],
+                 "offline_rl_macro": metrics.summarize(rl, seed=seed)["macro"],
+                 "permutation": metrics.paired_test(rl, rag, seed=seed),
+                 "t_test": t["macro"],
+                 "rag_by_persona": by_persona(rag, persona),
+                 "offline_rl_by_persona": by_persona(rl, persona),
+                 "rag_list_share_by_persona": list_share(rag_rows, persona),
+                 "offline_rl_list_share_by_persona": list_share(rl_rows, persona)},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--in", dest="clone", type=Path, required=True, help="a clone where the default run finished")
+    ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all")
+    ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
+    args = ap.parse_args(argv)
+    clone = args.clone.resolve()
+    rev = git(clone, "rev-parse", "HEAD")
+    changed = git(ROOT, "diff", "--name-only", rev, "HEAD", "--", *PIPELINE_PATHS)
+    if changed:
+        raise SystemExit(f"{clone} is at {rev[:7]}, whose pipeline differs from HEAD's: {changed.split()}")
+    dvc = clone / ".venv/bin/dvc"
+    persona = personas(clone)
+    seed = load_params(clone / "params.yaml").seed
+    record = {"date": dt.date.today().isoformat(), "machine": args.machine, "clone_revision": rev,
+              "head_revision": git(ROOT, "rev-parse", "HEAD"),
+              "command": " ".join(["python scripts/learning_probe.py", *(f"--setting {s}" for s in args.setting or [])]),
+              "settings": {}}
+    for name in args.setting or list(SETTINGS):
+        git(clone, "checkout", "params.yaml")  # each setting starts from the committed params
+        # baseline_rag too: offline RL does not depend on it, and a setting that changes the data
+        # (more test questions) needs its RAG start on the same questions.
+        cmd = [str(dvc), "exp", "run", "offline_rl_evaluate@1", "baseline_rag",
+               *[a for s in SETTINGS[name] for a in ("-S", s)]]
+        print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
+        # No timing: a setting run before in this clone is restored from DVC's run cache.
+        subprocess.run(cmd, cwd=clone, check=True, stdout=subprocess.DEVNULL)
+        record["settings"][name] = {"overrides": SETTINGS[name], **measure(clone, persona, seed)}
+        res = record["settings"][name]["test"]
+        print(f"[{name}] offline_rl@1 - rag {res['permutation']['diff']:+.3f}, "
+              f"p {res['permutation']['p_value']:.3f}", flush=True)
+    git(clone, "checkout", "params.yaml")
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{rev[:7]}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

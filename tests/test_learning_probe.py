@@ -1,0 +1,62 @@
+"""scripts/learning_probe.py's measurement: which target and which answers count per persona."""
+
+import json
+
+from conftest import load_script
+
+learning_probe = load_script("learning_probe")
+
+DOMAIN = "Art_and_Entertainment"
+PERSONAS = {"u1": "list_brief+plain", "u2": "prose_full+plain"}
+
+
+def aspect(uid, candidate, check, score, list_lines, split="test"):
+    row = {"domain": DOMAIN, "id": uid, "aspect_index": 0 if check.endswith("form") else 1, "score": score,
+           "check": check, "detail": {"list_lines": list_lines} if check.endswith("form") else {}}
+    return row | ({"candidate": candidate} if candidate else {})
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def fake_clone(tmp_path):
+    for split in ("train", "test"):
+        folder = tmp_path / "data/persona" / DOMAIN
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{split}.json").write_text(json.dumps([{"id": f"{u}-{split}", "persona": p} for u, p in PERSONAS.items()]))
+    # Test answers: RAG writes a list for the prose user only; the trained policy for the list user only.
+    write_jsonl(tmp_path / "outputs/baselines/rag/judge_scores.jsonl",
+                [aspect("u1-test", None, "list_form", 0, 0), aspect("u1-test", None, "max_words", 2, 0),
+                 aspect("u2-test", None, "prose_form", 0, 4), aspect("u2-test", None, "min_words", 0, 0)])
+    write_jsonl(tmp_path / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl",
+                [aspect("u1-test", None, "list_form", 2, 5), aspect("u1-test", None, "max_words", 2, 0),
+                 aspect("u2-test", None, "prose_form", 2, 0), aspect("u2-test", None, "min_words", 2, 0)])
+    # Targets: u1's best sample is s1 (a list; s0 is prose), u2's is s0 (prose; s1 a list).
+    write_jsonl(tmp_path / "outputs/offline_rl/iter_1/judge/selection.jsonl",
+                [{"key": f"{DOMAIN}/train/u1-train", "best_j": 1, "best_score": 1.0, "mean_score": 0.5},
+                 {"key": f"{DOMAIN}/train/u2-train", "best_j": 0, "best_score": 0.5, "mean_score": 0.25}])
+    write_jsonl(tmp_path / "outputs/offline_rl/iter_1/judge/judge_scores.jsonl",
+                [aspect("u1-train", "s0", "list_form", 0, 0, "train"), aspect("u1-train", "s1", "list_form", 2, 3, "train"),
+                 aspect("u2-train", "s0", "prose_form", 2, 0, "train"), aspect("u2-train", "s1", "prose_form", 0, 6, "train")])
+    (tmp_path / "outputs/offline_rl/iter_1/train_policy/train_stats.json").parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "outputs/offline_rl/iter_1/train_policy/train_stats.json").write_text(
+        json.dumps({"steps": 8, "first_loss": 2.0, "last_loss": 1.0}))
+    return tmp_path
+
+
+def test_measure_counts_the_selected_target_and_each_users_answer_by_persona(tmp_path):
+    clone = fake_clone(tmp_path)
+    m = learning_probe.measure(clone, learning_probe.personas(clone), seed=0)
+    assert m["train_users"] == 2 and m["lora_steps"] == 8
+    tg = m["targets"]
+    assert tg["list_share_by_persona"] == {"list_brief+plain": 1.0, "prose_full+plain": 0.0}  # s1 for u1, s0 for u2
+    assert tg["fits_every_check_by_persona"] == {"list_brief+plain": 1.0, "prose_full+plain": 0.0}
+    assert tg["mean_best_score"] == 0.75 and tg["mean_sample_score"] == 0.375
+    t = m["test"]
+    assert t["rag_list_share_by_persona"] == {"list_brief+plain": 0.0, "prose_full+plain": 1.0}
+    assert t["offline_rl_list_share_by_persona"] == {"list_brief+plain": 1.0, "prose_full+plain": 0.0}
+    assert t["rag_by_persona"] == {"list_brief+plain": 0.5, "prose_full+plain": 0.0}
+    assert t["offline_rl_by_persona"] == {"list_brief+plain": 1.0, "prose_full+plain": 1.0}
+    assert t["n"] == 2 and t["permutation"]["diff"] == 0.75
