@@ -13,7 +13,12 @@ below) it restores the clone's params.yaml and runs
 split) and restores the rest from its cache, including the RAG baseline that the iteration starts
 from, unless the setting changes the data.
 
-It writes benchmarks/learning_probes/<clone revision>.json. For each setting the record holds
+PERSONA_FITTING settings are not pipeline settings: after `dvc exp run baseline_rag -S ...` they run
+offline RL's selection, training and evaluation code in this process, with the benchmark's responses
+as candidates instead of N policy samples (persona_fitting_run), so that every target fits its user.
+
+It writes benchmarks/learning_probes/<clone revision>.json (with --setting, the named settings
+replace or join those already recorded there; each keeps its own date and command). For each setting the record holds
 offline_rl@1 against RAG with the report's paired tests (sign-flip permutation and t-test on the
 same test questions), and the training targets' verifier scores. Both are also given per ground-truth
 persona, with the share of answers and targets that are bulleted lists. The personas are read
@@ -24,8 +29,10 @@ record in the README.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -51,6 +58,14 @@ SETTINGS = {
     # Every record of the benchmark: 120 train users, and 120 test questions instead of 48.
     "t0.7_n8_all_records_steps240": ["offline_rl.temperature=0.7", "nlf.n_feedback=8", "data.max_records_per_split=null",
                                      "nlf.max_train_records_per_domain=null", "train.max_steps=240"],
+}
+# name -> (`-S` overrides, LoRA settings): offline RL's first iteration with persona-fitting targets
+# (persona_fitting_run), on the data of the overrides.
+PERSONA_FITTING = {
+    "fitting_targets_all_records_steps240": (["data.max_records_per_split=null"],
+                                             {"max_steps": 240, "save_steps": 240, "learning_rate": 1e-3}),
+    "fitting_targets_all_records_steps240_lr3e-3": (["data.max_records_per_split=null"],
+                                                    {"max_steps": 240, "save_steps": 240, "learning_rate": 3e-3}),
 }
 PIPELINE_PATHS = ["src", "stages", "dvc.yaml", "params.yaml", "data", "configs"]
 LIST_LINES = 3  # verifier.py's list_form: full marks from 3 list lines
@@ -95,44 +110,99 @@ def list_share(rows: list[dict], persona: dict, candidate: dict[tuple[str, str],
     return by_persona(lists, persona)
 
 
+def targets_summary(best: dict, sample_means: list[float], judged: list[dict], chosen: dict, persona: dict) -> dict:
+    """The training targets: best[key] the target's score, chosen[key] its candidate in `judged`."""
+    return {"mean_best_score": round(sum(best.values()) / len(best), 4),
+            "mean_sample_score": round(sum(sample_means) / len(sample_means), 4),
+            "best_score_by_persona": by_persona(best, persona),
+            "fits_every_check_by_persona": by_persona({k: float(v == 1.0) for k, v in best.items()}, persona),
+            "list_share_by_persona": list_share(judged, persona, chosen)}
+
+
+def compare(rag_rows: list[dict], trained_rows: list[dict], persona: dict, seed: int) -> dict:
+    """The trained policy against its RAG start on the test questions both answered; the bootstrap
+    and permutation use the report's seed (params.yaml's), as the report does."""
+    rag, rl = metrics.question_scores(rag_rows), metrics.question_scores(trained_rows)
+    return {"n": len(set(rl) & set(rag)),
+            "rag_macro": metrics.summarize(rag, seed=seed)["macro"],
+            "offline_rl_macro": metrics.summarize(rl, seed=seed)["macro"],
+            "permutation": metrics.paired_test(rl, rag, seed=seed),
+            "t_test": metrics.paired_t_test(rl, rag)["macro"],
+            "rag_by_persona": by_persona(rag, persona),
+            "offline_rl_by_persona": by_persona(rl, persona),
+            "rag_list_share_by_persona": list_share(rag_rows, persona),
+            "offline_rl_list_share_by_persona": list_share(trained_rows, persona)}
+
+
 def measure(clone: Path, persona: dict, seed: int) -> dict:
-    """offline_rl@1 against RAG, and its targets, from the clone's outputs after a run; the
-    bootstrap and permutation use the report's seed (params.yaml's), as the report does."""
-    rag_rows = read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl")
-    rl_rows = read_jsonl(clone / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl")
-    rag, rl = metrics.question_scores(rag_rows), metrics.question_scores(rl_rows)
+    """offline_rl@1 against RAG, and its targets, from the clone's outputs after a run."""
     sel = read_jsonl(clone / "outputs/offline_rl/iter_1/judge/selection.jsonl")
     keys = {r["key"]: (r["key"].split("/")[0], r["key"].split("/")[-1]) for r in sel}
-    best = {keys[r["key"]]: r["best_score"] for r in sel}
-    chosen = {keys[r["key"]]: f"s{r['best_j']}" for r in sel}
-    judged = read_jsonl(clone / "outputs/offline_rl/iter_1/judge/judge_scores.jsonl")
     stats = json.loads((clone / "outputs/offline_rl/iter_1/train_policy/train_stats.json").read_text())
-    t = metrics.paired_t_test(rl, rag)
     return {
         "train_users": len(sel),
         "lora_steps": stats.get("steps"),
         "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")],
-        "targets": {"mean_best_score": round(sum(best.values()) / len(best), 4),
-                    "mean_sample_score": round(sum(r["mean_score"] for r in sel) / len(sel), 4),
-                    "best_score_by_persona": by_persona(best, persona),
-                    "fits_every_check_by_persona": by_persona({k: float(v == 1.0) for k, v in best.items()}, persona),
-                    "list_share_by_persona": list_share(judged, persona, chosen)},
-        "test": {"n": len(set(rl) & set(rag)),
-                 "rag_macro": metrics.summarize(rag, seed=seed)["macro"],
-                 "offline_rl_macro": metrics.summarize(rl, seed=seed)["macro"],
-                 "permutation": metrics.paired_test(rl, rag, seed=seed),
-                 "t_test": t["macro"],
-                 "rag_by_persona": by_persona(rag, persona),
-                 "offline_rl_by_persona": by_persona(rl, persona),
-                 "rag_list_share_by_persona": list_share(rag_rows, persona),
-                 "offline_rl_list_share_by_persona": list_share(rl_rows, persona)},
+        "targets": targets_summary({keys[r["key"]]: r["best_score"] for r in sel}, [r["mean_score"] for r in sel],
+                                   read_jsonl(clone / "outputs/offline_rl/iter_1/judge/judge_scores.jsonl"),
+                                   {keys[r["key"]]: f"s{r['best_j']}" for r in sel}, persona),
+        "test": compare(read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl"),
+                        read_jsonl(clone / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl"), persona, seed),
+    }
+
+
+def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
+    """Offline RL's first iteration with targets that fit each user: the same selection (the
+    verifier's best candidate per train user, loop.select_best), training (training.fit_and_export,
+    LoRA SFT on the RAG prompt) and evaluation (evaluate.evaluate_method, RAG prompt, verifier), but
+    the candidates are the benchmark's three responses to the user's question (pair 0's chosen and
+    rejected, pair 1's rejected) instead of N policy samples. It stands in for a policy that can
+    sample the right form, and is not a pipeline setting. Reads the clone's prepared data and index
+    of the current params (the caller ran `dvc exp run` first) and works in CLONE/.learning_probe/."""
+    from personal_nlf import evaluate, judge, preferences, prompts, training
+    from personal_nlf.modes.loop import select_best
+
+    params = load_params(clone / "params.yaml")
+    prepared, index, models = clone / "outputs/prepared", clone / "outputs/index", clone / "models/embedded"
+    out = clone / ".learning_probe"
+    shutil.rmtree(out, ignore_errors=True)
+    users = evaluate.load_eval_records(prepared, index, params.data.domains, "train")
+    cands = {er.key: [er.record.pairs[0].chosen, er.record.pairs[0].rejected, er.record.pairs[1].rejected]
+             for er in users}
+    answers = [judge.Answer(f"{er.key}|s{j}", er.record.question, er.record.narrative, er.record.rubric_aspects, text,
+                            meta={"domain": er.domain, "id": er.record.id, "candidate": f"s{j}"})
+               for er in users for j, text in enumerate(cands[er.key])]
+    judged, scores = judge.judge_answers(answers, backend=None, params=params)  # every train aspect has a check
+    picks = {er.key: select_best(None, [scores[f"{er.key}|s{j}"] for j in range(3)]) for er in users}
+    rows = [training.sft_row(prompts.rag(er.record.question, er.own),
+                             preferences.answer_json(cands[er.key][picks[er.key]["best_j"]])) for er in users]
+    cfg = params.train.model_copy(update=train_update)
+    training.fit_and_export("sft", rows, params.models.policy, models, cfg, out / "train", work_dir=out / "work",
+                            seed=params.seed)
+    stats = json.loads((out / "train/train_stats.json").read_text())
+    adapter = json.loads((out / "train/state.json").read_text())["adapter"]
+    # Pairs left out: the pairwise-accuracy pass is not what this compares.
+    tests = [dataclasses.replace(er, record=dataclasses.replace(er.record, pairs=()))
+             for er in evaluate.load_eval_records(prepared, index, params.data.domains, "test")]
+    evaluate.evaluate_method("rag", params, prepared, index, models, out / "eval", out / "metrics.json",
+                             policy=params.models.policy.model_copy(update={"adapter": adapter}), split="test",
+                             records=tests)
+    key = {er.key: (er.domain, er.record.id) for er in users}
+    return {
+        "train_users": len(users), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+        "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")],
+        "targets": targets_summary({key[k]: v["best_score"] for k, v in picks.items()},
+                                   [sum(scores[f"{k}|s{j}"] for j in range(3)) / 3 for k in cands], judged,
+                                   {key[k]: f"s{v['best_j']}" for k, v in picks.items()}, persona),
+        "test": compare(read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl"),
+                        read_jsonl(out / "eval/judge_scores.jsonl"), persona, params.seed),
     }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="clone", type=Path, required=True, help="a clone where the default run finished")
-    ap.add_argument("--setting", action="append", choices=list(SETTINGS), help="default: all")
+    ap.add_argument("--setting", action="append", choices=[*SETTINGS, *PERSONA_FITTING], help="default: all")
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     clone = args.clone.resolve()
@@ -147,22 +217,29 @@ def main(argv=None) -> int:
               "head_revision": git(ROOT, "rev-parse", "HEAD"),
               "command": " ".join(["python scripts/learning_probe.py", *(f"--setting {s}" for s in args.setting or [])]),
               "settings": {}}
-    for name in args.setting or list(SETTINGS):
+    for name in args.setting or [*SETTINGS, *PERSONA_FITTING]:
         git(clone, "checkout", "params.yaml")  # each setting starts from the committed params
+        overrides, lora = PERSONA_FITTING.get(name, (SETTINGS.get(name), None))
         # baseline_rag too: offline RL does not depend on it, and a setting that changes the data
         # (more test questions) needs its RAG start on the same questions.
-        cmd = [str(dvc), "exp", "run", "offline_rl_evaluate@1", "baseline_rag",
-               *[a for s in SETTINGS[name] for a in ("-S", s)]]
+        cmd = [str(dvc), "exp", "run", *([] if lora else ["offline_rl_evaluate@1"]), "baseline_rag",
+               *[a for s in overrides for a in ("-S", s)]]
         print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
         # No timing: a setting run before in this clone is restored from DVC's run cache.
         subprocess.run(cmd, cwd=clone, check=True, stdout=subprocess.DEVNULL)
-        record["settings"][name] = {"overrides": SETTINGS[name], **measure(clone, persona, seed)}
+        record["settings"][name] = {"date": record["date"], "command": record["command"], "overrides": overrides, "targets_from": "policy samples" if lora is None else
+                                    "benchmark responses", **(measure(clone, persona, seed) if lora is None
+                                                               else persona_fitting_run(clone, persona, lora))}
         res = record["settings"][name]["test"]
         print(f"[{name}] offline_rl@1 - rag {res['permutation']['diff']:+.3f}, "
               f"p {res['permutation']['p_value']:.3f}", flush=True)
     git(clone, "checkout", "params.yaml")
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{rev[:7]}.json"
+    if args.setting and path.exists():  # some settings only: they replace or join those recorded before
+        old = json.loads(path.read_text())
+        record["settings"] = {**old["settings"], **record["settings"]}
+        record["command"] = old["command"]  # the record's first run; each setting keeps its own command
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     return 0

@@ -341,10 +341,15 @@ def learning_probes(root: Path) -> str:
     def change(a: dict, b: dict) -> str:
         return " / ".join(f"{sum(b[p] - a[p] for p in ps) / len(ps):+.3f}" for ps in (LIST_PERSONAS, PROSE_PERSONAS))
 
+    commands = ", then ".join(f"`{' '.join(c.split())} --in CLONE`"
+                              for c in dict.fromkeys(s["command"] for s in rec["settings"].values()))
     rows = []
     for name, s in rec["settings"].items():
         t, tg = s["test"], s["targets"]
-        rows.append(f"| {name} | {' '.join(f'`-S {o}`' for o in s['overrides']) or '(none: the default)'} | "
+        overrides = " ".join(f"`-S {o}`" for o in s["overrides"]) or "(none: the default)"
+        if s.get("targets_from") == "benchmark responses":  # scripts/learning_probe.py's persona_fitting_run
+            overrides += f"; targets: the verifier's best benchmark response; lr {s['learning_rate']:g}"
+        rows.append(f"| {name} | {overrides} | "
                     f"{s['train_users']} | {s['lora_steps']} | {tg['mean_best_score']:.3f} ({tg['mean_sample_score']:.3f}) | "
                     f"{split(tg['list_share_by_persona'])} | {split(tg['fits_every_check_by_persona'])} | "
                     f"{split(t['rag_list_share_by_persona'])} → {split(t['offline_rl_list_share_by_persona'])} | "
@@ -352,7 +357,7 @@ def learning_probes(root: Path) -> str:
                     f"{t['offline_rl_macro']:.3f} | {t['permutation']['diff']:+.3f} | {t['n']} | "
                     f"{t['permutation']['p_value']:.3f} | {t['t_test']['p_value']:.3f} |")
     return (f"From `benchmarks/learning_probes/{path.name}` ({rec['date']}, the clone at git {rec['clone_revision'][:7]}, "
-            f"{rec['machine']}; `{' '.join(rec['command'].split())} --in CLONE`). Pairs of figures: list personas / prose personas.\n\n"
+            f"{rec['machine']}; {commands}). Pairs of figures: list personas / prose personas.\n\n"
             "| setting | overrides | train users | LoRA steps | targets: mean score (samples') | targets that are lists | "
             "targets passing every check | test answers that are lists: RAG → trained | score change | RAG | "
             "offline_rl@1 | diff | n | perm. p | t p |\n"
