@@ -66,6 +66,8 @@ PERSONA_FITTING = {
                                              {"max_steps": 240, "save_steps": 240, "learning_rate": 1e-3}),
     "fitting_targets_all_records_steps240_lr3e-3": (["data.max_records_per_split=null"],
                                                     {"max_steps": 240, "save_steps": 240, "learning_rate": 3e-3}),
+    "fitting_targets_all_records_steps480_lr3e-3": (["data.max_records_per_split=null"],
+                                                    {"max_steps": 480, "save_steps": 480, "learning_rate": 3e-3}),
 }
 PIPELINE_PATHS = ["src", "stages", "dvc.yaml", "params.yaml", "data", "configs"]
 LIST_LINES = 3  # verifier.py's list_form: full marks from 3 list lines

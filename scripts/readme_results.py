@@ -355,7 +355,7 @@ def learning_probes(root: Path) -> str:
                     f"{split(t['rag_list_share_by_persona'])} → {split(t['offline_rl_list_share_by_persona'])} | "
                     f"{change(t['rag_by_persona'], t['offline_rl_by_persona'])} | {t['rag_macro']:.3f} | "
                     f"{t['offline_rl_macro']:.3f} | {t['permutation']['diff']:+.3f} | {t['n']} | "
-                    f"{t['permutation']['p_value']:.3f} | {t['t_test']['p_value']:.3f} |")
+                    f"{_p(t['permutation']['p_value'])} | {_p(t['t_test']['p_value'])} |")
     return (f"From `benchmarks/learning_probes/{path.name}` ({rec['date']}, the clone at git {rec['clone_revision'][:7]}, "
             f"{rec['machine']}; {commands}). Pairs of figures: list personas / prose personas.\n\n"
             "| setting | overrides | train users | LoRA steps | targets: mean score (samples') | targets that are lists | "
