@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 from personal_nlf import metrics  # noqa: E402
 from personal_nlf.config import load_params  # noqa: E402
+from personal_nlf.data import load_split  # noqa: E402
 from personal_nlf.io import read_jsonl  # noqa: E402
 
 OUT = ROOT / "benchmarks" / "learning_probes"
@@ -63,11 +64,11 @@ SETTINGS = {
 # (persona_fitting_run), on the data of the overrides.
 PERSONA_FITTING = {
     "fitting_targets_all_records_steps240": (["data.max_records_per_split=null"],
-                                             {"max_steps": 240, "save_steps": 240, "learning_rate": 1e-3}),
+                                             {"max_steps": 240, "learning_rate": 1e-3}),
     "fitting_targets_all_records_steps240_lr3e-3": (["data.max_records_per_split=null"],
-                                                    {"max_steps": 240, "save_steps": 240, "learning_rate": 3e-3}),
+                                                    {"max_steps": 240, "learning_rate": 3e-3}),
     "fitting_targets_all_records_steps480_lr3e-3": (["data.max_records_per_split=null"],
-                                                    {"max_steps": 480, "save_steps": 480, "learning_rate": 3e-3}),
+                                                    {"max_steps": 480, "learning_rate": 3e-3}),
 }
 PIPELINE_PATHS = ["src", "stages", "dvc.yaml", "params.yaml", "data", "configs"]
 LIST_LINES = 3  # verifier.py's list_form: full marks from 3 list lines
@@ -78,12 +79,11 @@ def git(cwd: Path, *args: str) -> str:
 
 
 def personas(clone: Path) -> dict[tuple[str, str], str]:
-    """(domain, record id) -> ground-truth persona id, from the benchmark's files (analysis only)."""
-    out = {}
-    for path in sorted((clone / "data/persona").glob("*/*.json")):
-        for rec in json.loads(path.read_text()):
-            out[(path.parent.name, rec["id"])] = rec["persona"]
-    return out
+    """(domain, record id) -> ground-truth persona id, read with the project's loader from the
+    clone's benchmark (analysis only)."""
+    source = str(clone / "data/persona")
+    return {(domain, rec.id): rec.persona for domain in load_params(clone / "params.yaml").data.domains
+            for split in ("train", "test") for rec in load_split(source, domain, split)[0]}
 
 
 def is_list(row: dict) -> bool | None:
@@ -153,6 +153,25 @@ def measure(clone: Path, persona: dict, seed: int) -> dict:
     }
 
 
+def fitting_targets(users: list, params) -> tuple[dict, list[dict], dict, dict]:
+    """Offline RL's selection (the verifier's best candidate, loop.select_best) over the benchmark's
+    three responses to each user's question: pair 0's chosen and rejected, pair 1's rejected. The
+    verifier picks the one written for the user's persona. Every train-split aspect has a check, so
+    no judge model is called. Also tests/test_learning.py's targets. Returns (candidates per user
+    key, the verifier's rows, scores per "key|s<j>", select_best's pick per user key)."""
+    from personal_nlf import judge
+    from personal_nlf.modes.loop import select_best
+
+    cands = {er.key: [er.record.pairs[0].chosen, er.record.pairs[0].rejected, er.record.pairs[1].rejected]
+             for er in users}
+    answers = [judge.Answer(f"{er.key}|s{j}", er.record.question, er.record.narrative, er.record.rubric_aspects, text,
+                            meta={"domain": er.domain, "id": er.record.id, "candidate": f"s{j}"})
+               for er in users for j, text in enumerate(cands[er.key])]
+    judged, scores = judge.judge_answers(answers, backend=None, params=params)
+    picks = {er.key: select_best(None, [scores[f"{er.key}|s{j}"] for j in range(3)]) for er in users}
+    return cands, judged, scores, picks
+
+
 def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
     """Offline RL's first iteration with targets that fit each user: the same selection (the
     verifier's best candidate per train user, loop.select_best), training (training.fit_and_export,
@@ -161,24 +180,17 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
     rejected, pair 1's rejected) instead of N policy samples. It stands in for a policy that can
     sample the right form, and is not a pipeline setting. Reads the clone's prepared data and index
     of the current params (the caller ran `dvc exp run` first) and works in CLONE/.learning_probe/."""
-    from personal_nlf import evaluate, judge, preferences, prompts, training
-    from personal_nlf.modes.loop import select_best
+    from personal_nlf import evaluate, preferences, prompts, training
 
     params = load_params(clone / "params.yaml")
     prepared, index, models = clone / "outputs/prepared", clone / "outputs/index", clone / "models/embedded"
     out = clone / ".learning_probe"
     shutil.rmtree(out, ignore_errors=True)
     users = evaluate.load_eval_records(prepared, index, params.data.domains, "train")
-    cands = {er.key: [er.record.pairs[0].chosen, er.record.pairs[0].rejected, er.record.pairs[1].rejected]
-             for er in users}
-    answers = [judge.Answer(f"{er.key}|s{j}", er.record.question, er.record.narrative, er.record.rubric_aspects, text,
-                            meta={"domain": er.domain, "id": er.record.id, "candidate": f"s{j}"})
-               for er in users for j, text in enumerate(cands[er.key])]
-    judged, scores = judge.judge_answers(answers, backend=None, params=params)  # every train aspect has a check
-    picks = {er.key: select_best(None, [scores[f"{er.key}|s{j}"] for j in range(3)]) for er in users}
+    cands, judged, scores, picks = fitting_targets(users, params)
     rows = [training.sft_row(prompts.rag(er.record.question, er.own),
                              preferences.answer_json(cands[er.key][picks[er.key]["best_j"]])) for er in users]
-    cfg = params.train.model_copy(update=train_update)
+    cfg = params.train.model_copy(update={**train_update, "save_steps": train_update["max_steps"]})  # the last checkpoint
     training.fit_and_export("sft", rows, params.models.policy, models, cfg, out / "train", work_dir=out / "work",
                             seed=params.seed)
     stats = json.loads((out / "train/train_stats.json").read_text())

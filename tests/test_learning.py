@@ -52,10 +52,12 @@ from pathlib import Path
 
 import pytest
 
-from personal_nlf import evaluate, judge, prompts, retrieval, training
+from conftest import load_script
+from personal_nlf import evaluate, prompts, retrieval, training
 from personal_nlf.config import Params
 from personal_nlf.data import load_split
-from personal_nlf.modes.loop import select_best
+
+learning_probe = load_script("learning_probe")
 
 REPO = Path(__file__).resolve().parent.parent
 DOMAINS = ["Art_and_Entertainment"]
@@ -92,16 +94,12 @@ def users() -> list[evaluate.EvalRecord]:
 
 
 def best_candidates(recs: list[evaluate.EvalRecord], p: Params) -> list[str]:
-    """Per user, the verifier's best of the benchmark's three responses to its question."""
-    cands = {er.key: [er.record.pairs[0].chosen, er.record.pairs[0].rejected, er.record.pairs[1].rejected]
-             for er in recs}
-    answers = [judge.Answer(f"{er.key}|{j}", er.record.question, er.record.narrative, er.record.rubric_aspects, text)
-               for er in recs for j, text in enumerate(cands[er.key])]
+    """Per user, the verifier's best of the benchmark's three responses to its question
+    (scripts/learning_probe.py's fitting_targets, which its persona-fitting probes train on)."""
+    cands, rows, _, picks = learning_probe.fitting_targets(recs, p)
     # Every train-split aspect carries a check: the verifier never calls the (unused) backend.
-    rows, scores = judge.judge_answers(answers, backend=None, params=p)
     assert {r["outcome"] for r in rows} == {"verified"}
-    best = [select_best(None, [scores[f"{er.key}|{j}"] for j in range(3)]) for er in recs]
-    return [cands[er.key][b["best_j"]] for er, b in zip(recs, best)]
+    return [cands[er.key][picks[er.key]["best_j"]] for er in recs]
 
 
 def sft_rows(recs: list[evaluate.EvalRecord], targets: list[str]) -> list[dict]:

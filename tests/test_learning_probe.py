@@ -1,16 +1,25 @@
 """scripts/learning_probe.py's measurement: which target and which answers count per persona."""
 
 import json
+import shutil
+from pathlib import Path
 
 from conftest import load_script
 
 learning_probe = load_script("learning_probe")
 
 DOMAIN = "Art_and_Entertainment"
-PERSONAS = {"u1": "list_brief+plain", "u2": "prose_full+plain"}
+REPO = Path(__file__).resolve().parent.parent
 
 
-def aspect(uid, candidate, check, score, list_lines, split="test"):
+def first_ids(split: str) -> dict[str, str]:
+    """u1 / u2: the split's first list_brief+plain and prose_full+plain users of DOMAIN."""
+    recs = json.loads((REPO / "data/persona" / DOMAIN / f"{split}.json").read_text())
+    return {u: next(r["id"] for r in recs if r["persona"] == p)
+            for u, p in (("u1", "list_brief+plain"), ("u2", "prose_full+plain"))}
+
+
+def aspect(uid, candidate, check, score, list_lines):
     row = {"domain": DOMAIN, "id": uid, "aspect_index": 0 if check.endswith("form") else 1, "score": score,
            "check": check, "detail": {"list_lines": list_lines} if check.endswith("form") else {}}
     return row | ({"candidate": candidate} if candidate else {})
@@ -22,24 +31,25 @@ def write_jsonl(path, rows):
 
 
 def fake_clone(tmp_path):
-    for split in ("train", "test"):
-        folder = tmp_path / "data/persona" / DOMAIN
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{split}.json").write_text(json.dumps([{"id": f"{u}-{split}", "persona": p} for u, p in PERSONAS.items()]))
+    """A clone with the real benchmark and params (personas are read through the data loader) and
+    fabricated offline-RL outputs for two users per split: u1 a list persona, u2 a prose persona."""
+    shutil.copytree(REPO / "data/persona", tmp_path / "data/persona")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    test, train = first_ids("test"), first_ids("train")
     # Test answers: RAG writes a list for the prose user only; the trained policy for the list user only.
     write_jsonl(tmp_path / "outputs/baselines/rag/judge_scores.jsonl",
-                [aspect("u1-test", None, "list_form", 0, 0), aspect("u1-test", None, "max_words", 2, 0),
-                 aspect("u2-test", None, "prose_form", 0, 4), aspect("u2-test", None, "min_words", 0, 0)])
+                [aspect(test["u1"], None, "list_form", 0, 0), aspect(test["u1"], None, "max_words", 2, 0),
+                 aspect(test["u2"], None, "prose_form", 0, 4), aspect(test["u2"], None, "min_words", 0, 0)])
     write_jsonl(tmp_path / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl",
-                [aspect("u1-test", None, "list_form", 2, 5), aspect("u1-test", None, "max_words", 2, 0),
-                 aspect("u2-test", None, "prose_form", 2, 0), aspect("u2-test", None, "min_words", 2, 0)])
+                [aspect(test["u1"], None, "list_form", 2, 5), aspect(test["u1"], None, "max_words", 2, 0),
+                 aspect(test["u2"], None, "prose_form", 2, 0), aspect(test["u2"], None, "min_words", 2, 0)])
     # Targets: u1's best sample is s1 (a list; s0 is prose), u2's is s0 (prose; s1 a list).
     write_jsonl(tmp_path / "outputs/offline_rl/iter_1/judge/selection.jsonl",
-                [{"key": f"{DOMAIN}/train/u1-train", "best_j": 1, "best_score": 1.0, "mean_score": 0.5},
-                 {"key": f"{DOMAIN}/train/u2-train", "best_j": 0, "best_score": 0.5, "mean_score": 0.25}])
+                [{"key": f"{DOMAIN}/train/{train['u1']}", "best_j": 1, "best_score": 1.0, "mean_score": 0.5},
+                 {"key": f"{DOMAIN}/train/{train['u2']}", "best_j": 0, "best_score": 0.5, "mean_score": 0.25}])
     write_jsonl(tmp_path / "outputs/offline_rl/iter_1/judge/judge_scores.jsonl",
-                [aspect("u1-train", "s0", "list_form", 0, 0, "train"), aspect("u1-train", "s1", "list_form", 2, 3, "train"),
-                 aspect("u2-train", "s0", "prose_form", 2, 0, "train"), aspect("u2-train", "s1", "prose_form", 0, 6, "train")])
+                [aspect(train["u1"], "s0", "list_form", 0, 0), aspect(train["u1"], "s1", "list_form", 2, 3),
+                 aspect(train["u2"], "s0", "prose_form", 2, 0), aspect(train["u2"], "s1", "prose_form", 0, 6)])
     (tmp_path / "outputs/offline_rl/iter_1/train_policy/train_stats.json").parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / "outputs/offline_rl/iter_1/train_policy/train_stats.json").write_text(
         json.dumps({"steps": 8, "first_loss": 2.0, "last_loss": 1.0}))
