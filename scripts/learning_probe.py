@@ -13,9 +13,12 @@ below) it restores the clone's params.yaml and runs
 split) and restores the rest from its cache, including the RAG baseline that the iteration starts
 from, unless the setting changes the data.
 
-PERSONA_FITTING settings are not pipeline settings: after `dvc exp run baseline_rag -S ...` they run
-offline RL's selection, training and evaluation code in this process, with the benchmark's responses
-as candidates instead of N policy samples (persona_fitting_run), so that every target fits its user.
+PERSONA_FITTING settings are not pipeline settings: after `dvc exp run baseline_rag baseline_no_pers
+-S ...` they run offline RL's selection, training and evaluation code in this process, with the
+benchmark's responses as candidates instead of N policy samples (persona_fitting_run), so that every
+target fits its user. They also measure issue 13's other two comparisons, for the untrained and the
+trained policy alike: the verifier score with the retrieved profile against without it, and the
+pairwise preference accuracy under each prompt (personalization).
 
 It writes benchmarks/learning_probes/<clone revision>.json (with --setting, the named settings
 replace or join those already recorded there; each keeps its own date and command). For each setting the record holds
@@ -121,19 +124,40 @@ def targets_summary(best: dict, sample_means: list[float], judged: list[dict], c
             "list_share_by_persona": list_share(judged, persona, chosen)}
 
 
+def paired(a_rows: list[dict], b_rows: list[dict], seed: int) -> dict:
+    """Method a against method b on the test questions both answered: macro means and the report's
+    paired tests (sign-flip permutation, with params.yaml's seed as the report uses, and t-test)."""
+    a, b = metrics.question_scores(a_rows), metrics.question_scores(b_rows)
+    return {"n": len(set(a) & set(b)),
+            "a_macro": metrics.summarize(a, seed=seed)["macro"], "b_macro": metrics.summarize(b, seed=seed)["macro"],
+            "permutation": metrics.paired_test(a, b, seed=seed), "t_test": metrics.paired_t_test(a, b)["macro"]}
+
+
 def compare(rag_rows: list[dict], trained_rows: list[dict], persona: dict, seed: int) -> dict:
-    """The trained policy against its RAG start on the test questions both answered; the bootstrap
-    and permutation use the report's seed (params.yaml's), as the report does."""
-    rag, rl = metrics.question_scores(rag_rows), metrics.question_scores(trained_rows)
-    return {"n": len(set(rl) & set(rag)),
-            "rag_macro": metrics.summarize(rag, seed=seed)["macro"],
-            "offline_rl_macro": metrics.summarize(rl, seed=seed)["macro"],
-            "permutation": metrics.paired_test(rl, rag, seed=seed),
-            "t_test": metrics.paired_t_test(rl, rag)["macro"],
-            "rag_by_persona": by_persona(rag, persona),
-            "offline_rl_by_persona": by_persona(rl, persona),
+    """The trained policy against its RAG start, also per persona."""
+    p = paired(trained_rows, rag_rows, seed)
+    return {"n": p["n"], "rag_macro": p["b_macro"], "offline_rl_macro": p["a_macro"],
+            "permutation": p["permutation"], "t_test": p["t_test"],
+            "rag_by_persona": by_persona(metrics.question_scores(rag_rows), persona),
+            "offline_rl_by_persona": by_persona(metrics.question_scores(trained_rows), persona),
             "rag_list_share_by_persona": list_share(rag_rows, persona),
             "offline_rl_list_share_by_persona": list_share(trained_rows, persona)}
+
+
+def pairwise(metrics_json: dict) -> dict:
+    """A RAG evaluation's pairwise preference accuracy: under the retrieved profile, under no
+    personalization, and the paired sign-flip test over users between the two."""
+    pa = metrics_json["pairwise_accuracy"]
+    c, test = pa["conditions"], pa["paired_vs_none"]["rag"]
+    return {"n_users": c["rag"]["n_users"], "n_pairs": c["rag"]["n_pairs"], "rag": c["rag"]["accuracy"],
+            "none": c["none"]["accuracy"], "diff": test["diff"], "p_value": test["p_value"]}
+
+
+def personalization(rag_rows, no_pers_rows, rag_metrics: dict, seed: int) -> dict:
+    """The two comparisons of issue 13 that hold the policy fixed and vary its prompt: the verifier
+    score with the retrieved profile (rag) against without it (no_pers), and the pairwise preference
+    accuracy under each."""
+    return {"rag_vs_no_pers": paired(rag_rows, no_pers_rows, seed), "pairwise": pairwise(rag_metrics)}
 
 
 def measure(clone: Path, persona: dict, seed: int) -> dict:
@@ -195,12 +219,17 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
                             seed=params.seed)
     stats = json.loads((out / "train/train_stats.json").read_text())
     adapter = json.loads((out / "train/state.json").read_text())["adapter"]
-    # Pairs left out: the pairwise-accuracy pass is not what this compares.
-    tests = [dataclasses.replace(er, record=dataclasses.replace(er.record, pairs=()))
-             for er in evaluate.load_eval_records(prepared, index, params.data.domains, "test")]
-    evaluate.evaluate_method("rag", params, prepared, index, models, out / "eval", out / "metrics.json",
-                             policy=params.models.policy.model_copy(update={"adapter": adapter}), split="test",
-                             records=tests)
+    # The trained policy with the retrieved profile (its pairwise accuracy under it and under no
+    # personalization comes with it), and without: the same comparisons the untrained policy gets.
+    tests = evaluate.load_eval_records(prepared, index, params.data.domains, "test")
+    trained = params.models.policy.model_copy(update={"adapter": adapter})
+    rag_metrics = evaluate.evaluate_method("rag", params, prepared, index, models, out / "eval", out / "metrics.json",
+                                           policy=trained, split="test", records=tests)
+    evaluate.evaluate_method("no_pers", params, prepared, index, models, out / "eval_no_pers",
+                             out / "metrics_no_pers.json", policy=trained, split="test",
+                             records=[dataclasses.replace(er, record=dataclasses.replace(er.record, pairs=()))
+                                      for er in tests])  # its pairwise "none" is the rag run's
+    rag_rows = read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl")
     key = {er.key: (er.domain, er.record.id) for er in users}
     return {
         "train_users": len(users), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
@@ -208,8 +237,12 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
         "targets": targets_summary({key[k]: v["best_score"] for k, v in picks.items()},
                                    [sum(scores[f"{k}|s{j}"] for j in range(3)) / 3 for k in cands], judged,
                                    {key[k]: f"s{v['best_j']}" for k, v in picks.items()}, persona),
-        "test": compare(read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl"),
-                        read_jsonl(out / "eval/judge_scores.jsonl"), persona, params.seed),
+        "test": compare(rag_rows, read_jsonl(out / "eval/judge_scores.jsonl"), persona, params.seed),
+        "personalization": {
+            "untrained": personalization(rag_rows, read_jsonl(clone / "outputs/baselines/no_pers/judge_scores.jsonl"),
+                                         json.loads((clone / "metrics/rag.json").read_text()), params.seed),
+            "trained": personalization(read_jsonl(out / "eval/judge_scores.jsonl"),
+                                       read_jsonl(out / "eval_no_pers/judge_scores.jsonl"), rag_metrics, params.seed)},
     }
 
 
@@ -236,7 +269,8 @@ def main(argv=None) -> int:
         overrides, lora = PERSONA_FITTING.get(name, (SETTINGS.get(name), None))
         # baseline_rag too: offline RL does not depend on it, and a setting that changes the data
         # (more test questions) needs its RAG start on the same questions.
-        cmd = [str(dvc), "exp", "run", *([] if lora else ["offline_rl_evaluate@1"]), "baseline_rag",
+        # baseline_no_pers for the persona-fitting runs' untrained comparisons on the same questions.
+        cmd = [str(dvc), "exp", "run", *(["baseline_no_pers"] if lora else ["offline_rl_evaluate@1"]), "baseline_rag",
                *[a for s in overrides for a in ("-S", s)]]
         print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
         # No timing: a setting run before in this clone is restored from DVC's run cache.

@@ -356,12 +356,31 @@ def learning_probes(root: Path) -> str:
                     f"{change(t['rag_by_persona'], t['offline_rl_by_persona'])} | {t['rag_macro']:.3f} | "
                     f"{t['offline_rl_macro']:.3f} | {t['permutation']['diff']:+.3f} | {t['n']} | "
                     f"{_p(t['permutation']['p_value'])} | {_p(t['t_test']['p_value'])} |")
+    # The persona-fitting settings also compare one policy with and without the retrieved profile.
+    pers_rows = {}
+    for name, s in rec["settings"].items():
+        for policy, c in s.get("personalization", {}).items():
+            v, pw = c["rag_vs_no_pers"], c["pairwise"]
+            label = "SmolLM2-135M, untrained" if policy == "untrained" else f"trained: {name}"
+            row = (f"{v['a_macro']:.3f} | {v['b_macro']:.3f} | {v['permutation']['diff']:+.3f} | {v['n']} | "
+                   f"{_p(v['permutation']['p_value'])} | {_p(v['t_test']['p_value'])} | {pw['rag']:.3f} | "
+                   f"{pw['none']:.3f} | {pw['diff']:+.3f} | {pw['n_users']} ({pw['n_pairs']}) | {_p(pw['p_value'])} |")
+            pers_rows.setdefault(row, label)  # the untrained policy once per distinct result
+    pers = ""
+    if pers_rows:
+        pers = ("\nThe same policy with the retrieved profile (rag) and without it (no_pers), on the test questions "
+                "of the persona-fitting settings: verifier score, and pairwise preference accuracy (the generator's "
+                "likelihood prefers the user's chosen response) under each prompt; paired sign-flip permutation "
+                "tests (the pairwise one over users).\n\n"
+                "| policy | rag | no_pers | diff | n | perm. p | t p | pairwise: rag | pairwise: none | diff | "
+                "users (pairs) | perm. p |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+                + "\n".join(f"| {label} | {row}" for row, label in pers_rows.items()) + "\n")
     return (f"From `benchmarks/learning_probes/{path.name}` ({rec['date']}, the clone at git {rec['clone_revision'][:7]}, "
             f"{rec['machine']}; {commands}). Pairs of figures: list personas / prose personas.\n\n"
             "| setting | overrides | train users | LoRA steps | targets: mean score (samples') | targets that are lists | "
             "targets passing every check | test answers that are lists: RAG → trained | score change | RAG | "
             "offline_rl@1 | diff | n | perm. p | t p |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + pers)
 
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,

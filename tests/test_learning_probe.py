@@ -70,3 +70,19 @@ def test_measure_counts_the_selected_target_and_each_users_answer_by_persona(tmp
     assert t["rag_by_persona"] == {"list_brief+plain": 0.5, "prose_full+plain": 0.0}
     assert t["offline_rl_by_persona"] == {"list_brief+plain": 1.0, "prose_full+plain": 1.0}
     assert t["n"] == 2 and t["permutation"]["diff"] == 0.75
+
+
+def test_personalization_compares_the_same_policy_with_and_without_the_profile(tmp_path):
+    clone = fake_clone(tmp_path)
+    test = first_ids("test")
+    rag_rows = [json.loads(line) for line in (clone / "outputs/offline_rl/iter_1/evaluate/judge_scores.jsonl")
+                .read_text().splitlines()]  # both users fully fit: 1.0
+    no_pers_rows = [aspect(test["u1"], None, "list_form", 2, 5), aspect(test["u1"], None, "max_words", 2, 0),
+                    aspect(test["u2"], None, "prose_form", 0, 5), aspect(test["u2"], None, "min_words", 0, 0)]
+    pa = {"conditions": {"rag": {"accuracy": 0.9, "n_users": 2, "n_pairs": 4},
+                         "none": {"accuracy": 0.5, "n_users": 2, "n_pairs": 4}},
+          "paired_vs_none": {"rag": {"n": 2, "diff": 0.4, "p_value": 0.5}}}
+    p = learning_probe.personalization(rag_rows, no_pers_rows, {"pairwise_accuracy": pa}, seed=0)
+    v = p["rag_vs_no_pers"]  # u1 1.0 both ways, u2 1.0 with the profile and 0.0 without
+    assert (v["n"], v["a_macro"], v["b_macro"], v["permutation"]["diff"]) == (2, 1.0, 0.5, 0.5)
+    assert p["pairwise"] == {"n_users": 2, "n_pairs": 4, "rag": 0.9, "none": 0.5, "diff": 0.4, "p_value": 0.5}
