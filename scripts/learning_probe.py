@@ -18,7 +18,8 @@ PERSONA_FITTING settings are not pipeline settings: after `dvc exp run baseline_
 benchmark's responses as candidates instead of N policy samples (persona_fitting_run), so that every
 target fits its user. They also measure issue 13's other two comparisons, for the untrained and the
 trained policy alike: the verifier score with the retrieved profile against without it, and the
-pairwise preference accuracy under each prompt (personalization).
+pairwise preference accuracy under each prompt (personalization). BASELINES settings measure only the
+untrained policy's, on another number of test questions (`dvc exp run baseline_no_pers baseline_rag -S ...`).
 
 It writes benchmarks/learning_probes/<clone revision>.json (with --setting, the named settings
 replace or join those already recorded there; each keeps its own date and command). For each setting the record holds
@@ -73,6 +74,9 @@ PERSONA_FITTING = {
     "fitting_targets_all_records_steps480_lr3e-3": (["data.max_records_per_split=null"],
                                                     {"max_steps": 480, "learning_rate": 3e-3}),
 }
+# name -> `-S` overrides: the untrained policy with and without the retrieved profile only (no
+# training), on another number of test questions.
+BASELINES = {"baselines_records32": ["data.max_records_per_split=32"]}  # 96 questions: the default's 48 doubled
 PIPELINE_PATHS = ["src", "stages", "dvc.yaml", "params.yaml", "data", "configs"]
 LIST_LINES = 3  # verifier.py's list_form: full marks from 3 list lines
 
@@ -160,6 +164,13 @@ def personalization(rag_rows, no_pers_rows, rag_metrics: dict, seed: int) -> dic
     return {"rag_vs_no_pers": paired(rag_rows, no_pers_rows, seed), "pairwise": pairwise(rag_metrics)}
 
 
+def untrained(clone: Path, seed: int) -> dict:
+    """personalization() of the untrained policy: the clone's RAG and no-personalization baselines."""
+    return personalization(read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl"),
+                           read_jsonl(clone / "outputs/baselines/no_pers/judge_scores.jsonl"),
+                           json.loads((clone / "metrics/rag.json").read_text()), seed)
+
+
 def measure(clone: Path, persona: dict, seed: int) -> dict:
     """offline_rl@1 against RAG, and its targets, from the clone's outputs after a run."""
     sel = read_jsonl(clone / "outputs/offline_rl/iter_1/judge/selection.jsonl")
@@ -239,8 +250,7 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
                                    {key[k]: f"s{v['best_j']}" for k, v in picks.items()}, persona),
         "test": compare(rag_rows, read_jsonl(out / "eval/judge_scores.jsonl"), persona, params.seed),
         "personalization": {
-            "untrained": personalization(rag_rows, read_jsonl(clone / "outputs/baselines/no_pers/judge_scores.jsonl"),
-                                         json.loads((clone / "metrics/rag.json").read_text()), params.seed),
+            "untrained": untrained(clone, params.seed),
             "trained": personalization(read_jsonl(out / "eval/judge_scores.jsonl"),
                                        read_jsonl(out / "eval_no_pers/judge_scores.jsonl"), rag_metrics, params.seed)},
     }
@@ -249,7 +259,8 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="clone", type=Path, required=True, help="a clone where the default run finished")
-    ap.add_argument("--setting", action="append", choices=[*SETTINGS, *PERSONA_FITTING], help="default: all")
+    ap.add_argument("--setting", action="append", choices=[*SETTINGS, *PERSONA_FITTING, *BASELINES],
+                    help="default: all")
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     clone = args.clone.resolve()
@@ -264,17 +275,23 @@ def main(argv=None) -> int:
               "head_revision": git(ROOT, "rev-parse", "HEAD"),
               "command": " ".join(["python scripts/learning_probe.py", *(f"--setting {s}" for s in args.setting or [])]),
               "settings": {}}
-    for name in args.setting or [*SETTINGS, *PERSONA_FITTING]:
+    for name in args.setting or [*SETTINGS, *PERSONA_FITTING, *BASELINES]:
         git(clone, "checkout", "params.yaml")  # each setting starts from the committed params
-        overrides, lora = PERSONA_FITTING.get(name, (SETTINGS.get(name), None))
+        overrides, lora = PERSONA_FITTING.get(name, (SETTINGS.get(name) or BASELINES.get(name), None))
         # baseline_rag too: offline RL does not depend on it, and a setting that changes the data
         # (more test questions) needs its RAG start on the same questions.
-        # baseline_no_pers for the persona-fitting runs' untrained comparisons on the same questions.
-        cmd = [str(dvc), "exp", "run", *(["baseline_no_pers"] if lora else ["offline_rl_evaluate@1"]), "baseline_rag",
-               *[a for s in overrides for a in ("-S", s)]]
+        # baseline_no_pers for the untrained with/without-profile comparisons on the same questions.
+        stages = ["offline_rl_evaluate@1"] if name in SETTINGS else ["baseline_no_pers"]
+        cmd = [str(dvc), "exp", "run", *stages, "baseline_rag", *[a for s in overrides for a in ("-S", s)]]
         print(f"[{name}] {' '.join(cmd[1:])}", flush=True)
         # No timing: a setting run before in this clone is restored from DVC's run cache.
         subprocess.run(cmd, cwd=clone, check=True, stdout=subprocess.DEVNULL)
+        if name in BASELINES:
+            record["settings"][name] = {"date": record["date"], "command": record["command"], "overrides": overrides,
+                                        "personalization": {"untrained": untrained(clone, seed)}}
+            res = record["settings"][name]["personalization"]["untrained"]["rag_vs_no_pers"]
+            print(f"[{name}] rag - no_pers {res['permutation']['diff']:+.3f}, p {res['permutation']['p_value']:.3f}")
+            continue
         record["settings"][name] = {"date": record["date"], "command": record["command"], "overrides": overrides, "targets_from": "policy samples" if lora is None else
                                     "benchmark responses", **(measure(clone, persona, seed) if lora is None
                                                                else persona_fitting_run(clone, persona, lora))}

@@ -345,6 +345,8 @@ def learning_probes(root: Path) -> str:
                               for c in dict.fromkeys(s["command"] for s in rec["settings"].values()))
     rows = []
     for name, s in rec["settings"].items():
+        if "test" not in s:  # a baselines-only setting: the second table
+            continue
         t, tg = s["test"], s["targets"]
         overrides = " ".join(f"`-S {o}`" for o in s["overrides"]) or "(none: the default)"
         if s.get("targets_from") == "benchmark responses":  # scripts/learning_probe.py's persona_fitting_run
@@ -361,7 +363,7 @@ def learning_probes(root: Path) -> str:
     for name, s in rec["settings"].items():
         for policy, c in s.get("personalization", {}).items():
             v, pw = c["rag_vs_no_pers"], c["pairwise"]
-            label = "SmolLM2-135M, untrained" if policy == "untrained" else f"trained: {name}"
+            label = "untrained" if policy == "untrained" else f"trained: {name}"
             row = (f"{v['a_macro']:.3f} | {v['b_macro']:.3f} | {v['permutation']['diff']:+.3f} | {v['n']} | "
                    f"{_p(v['permutation']['p_value'])} | {_p(v['t_test']['p_value'])} | {pw['rag']:.3f} | "
                    f"{pw['none']:.3f} | {pw['diff']:+.3f} | {pw['n_users']} ({pw['n_pairs']}) | {_p(pw['p_value'])} |")
@@ -369,7 +371,9 @@ def learning_probes(root: Path) -> str:
     pers = ""
     if pers_rows:
         pers = ("\nThe same policy with the retrieved profile (rag) and without it (no_pers), on the test questions "
-                "of the persona-fitting settings: verifier score, and pairwise preference accuracy (the generator's "
+                "of the persona-fitting settings (n) and of the baselines-only ones (`-S` "
+                + ", ".join(f"`{o}`" for s in rec["settings"].values() if "test" not in s for o in s["overrides"])
+                + "): verifier score, and pairwise preference accuracy (the generator's "
                 "likelihood prefers the user's chosen response) under each prompt; paired sign-flip permutation "
                 "tests (the pairwise one over users).\n\n"
                 "| policy | rag | no_pers | diff | n | perm. p | t p | pairwise: rag | pairwise: none | diff | "

@@ -86,3 +86,17 @@ def test_personalization_compares_the_same_policy_with_and_without_the_profile(t
     v = p["rag_vs_no_pers"]  # u1 1.0 both ways, u2 1.0 with the profile and 0.0 without
     assert (v["n"], v["a_macro"], v["b_macro"], v["permutation"]["diff"]) == (2, 1.0, 0.5, 0.5)
     assert p["pairwise"] == {"n_users": 2, "n_pairs": 4, "rag": 0.9, "none": 0.5, "diff": 0.4, "p_value": 0.5}
+
+
+def test_untrained_reads_the_clones_two_baselines_and_rags_pairwise_accuracy(tmp_path):
+    clone = fake_clone(tmp_path)
+    test = first_ids("test")
+    write_jsonl(clone / "outputs/baselines/no_pers/judge_scores.jsonl",  # RAG's u1 0.5, u2 0.0; these 0.0 and 0.0
+                [aspect(test["u1"], None, "list_form", 0, 0), aspect(test["u1"], None, "max_words", 0, 0),
+                 aspect(test["u2"], None, "prose_form", 0, 0), aspect(test["u2"], None, "min_words", 0, 0)])
+    pa = {"conditions": {c: {"accuracy": 0.5, "n_users": 2, "n_pairs": 4} for c in ("rag", "none")},
+          "paired_vs_none": {"rag": {"n": 2, "diff": 0.0, "p_value": 1.0}}}
+    (clone / "metrics").mkdir()
+    (clone / "metrics/rag.json").write_text(json.dumps({"pairwise_accuracy": pa}))
+    v = learning_probe.untrained(clone, seed=0)["rag_vs_no_pers"]
+    assert (v["a_macro"], v["b_macro"], v["permutation"]["diff"]) == (0.25, 0.0, 0.25)
