@@ -241,6 +241,7 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
                              records=[dataclasses.replace(er, record=dataclasses.replace(er.record, pairs=()))
                                       for er in tests])  # its pairwise "none" is the rag run's
     rag_rows = read_jsonl(clone / "outputs/baselines/rag/judge_scores.jsonl")
+    trained_rows = read_jsonl(out / "eval/judge_scores.jsonl")
     key = {er.key: (er.domain, er.record.id) for er in users}
     return {
         "train_users": len(users), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
@@ -248,11 +249,11 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
         "targets": targets_summary({key[k]: v["best_score"] for k, v in picks.items()},
                                    [sum(scores[f"{k}|s{j}"] for j in range(3)) / 3 for k in cands], judged,
                                    {key[k]: f"s{v['best_j']}" for k, v in picks.items()}, persona),
-        "test": compare(rag_rows, read_jsonl(out / "eval/judge_scores.jsonl"), persona, params.seed),
+        "test": compare(rag_rows, trained_rows, persona, params.seed),
         "personalization": {
             "untrained": untrained(clone, params.seed),
-            "trained": personalization(read_jsonl(out / "eval/judge_scores.jsonl"),
-                                       read_jsonl(out / "eval_no_pers/judge_scores.jsonl"), rag_metrics, params.seed)},
+            "trained": personalization(trained_rows, read_jsonl(out / "eval_no_pers/judge_scores.jsonl"),
+                                       rag_metrics, params.seed)},
     }
 
 
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
               "settings": {}}
     for name in args.setting or [*SETTINGS, *PERSONA_FITTING, *BASELINES]:
         git(clone, "checkout", "params.yaml")  # each setting starts from the committed params
-        overrides, lora = PERSONA_FITTING.get(name, (SETTINGS.get(name) or BASELINES.get(name), None))
+        overrides, lora = PERSONA_FITTING.get(name, ({**SETTINGS, **BASELINES}.get(name), None))  # default's [] too
         # baseline_rag too: offline RL does not depend on it, and a setting that changes the data
         # (more test questions) needs its RAG start on the same questions.
         # baseline_no_pers for the untrained with/without-profile comparisons on the same questions.
