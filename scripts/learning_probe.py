@@ -85,6 +85,15 @@ def git(cwd: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def clone_revision(clone: Path) -> str:
+    """The clone's revision; refused unless its pipeline is HEAD's (its results stand for HEAD)."""
+    rev = git(clone, "rev-parse", "HEAD")
+    changed = git(ROOT, "diff", "--name-only", rev, "HEAD", "--", *PIPELINE_PATHS)
+    if changed:
+        raise SystemExit(f"{clone} is at {rev[:7]}, whose pipeline differs from HEAD's: {changed.split()}")
+    return rev
+
+
 def personas(clone: Path) -> dict[tuple[str, str], str]:
     """(domain, record id) -> ground-truth persona id, read with the project's loader from the
     clone's benchmark (analysis only)."""
@@ -265,10 +274,7 @@ def main(argv=None) -> int:
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     clone = args.clone.resolve()
-    rev = git(clone, "rev-parse", "HEAD")
-    changed = git(ROOT, "diff", "--name-only", rev, "HEAD", "--", *PIPELINE_PATHS)
-    if changed:
-        raise SystemExit(f"{clone} is at {rev[:7]}, whose pipeline differs from HEAD's: {changed.split()}")
+    rev = clone_revision(clone)
     dvc = clone / ".venv/bin/dvc"
     persona = personas(clone)
     seed = load_params(clone / "params.yaml").seed

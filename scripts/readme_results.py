@@ -15,7 +15,8 @@ results/<run>/ (scripts/results_runs.py), metrics/*.run.json and metrics/**/iter
 (run records: wall-clock time per query), metrics/stage_times.json (this script, from the stage
 logs of the run that wrote the metrics), benchmarks/RESULTS.md (benchmarks/run_all.py),
 benchmarks/test_runs/ and benchmarks/repro_runs/ (fresh-clone `.ci/run` and `make repro` records,
-scripts/fresh_clone_run.py), benchmarks/learning_probes/ (scripts/learning_probe.py).
+scripts/fresh_clone_run.py), benchmarks/learning_probes/ (scripts/learning_probe.py),
+benchmarks/summary_probes/ (scripts/summary_probe.py).
 """
 
 from __future__ import annotations
@@ -387,11 +388,46 @@ def learning_probes(root: Path) -> str:
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n" + pers)
 
 
+def summary_probes(root: Path) -> str:
+    """benchmarks/summary_probes/ (scripts/summary_probe.py), its newest record: pairwise accuracy
+    of the untrained and the trained generator under each summary source, against no summary."""
+    path = max((root / "benchmarks" / "summary_probes").glob("*.json"),
+               key=lambda p: (json.loads(p.read_text())["date"], p.name))
+    rec = json.loads(path.read_text())
+    gens = ("untrained_generator", "trained_generator")
+    labels = {"none": "none (no summary)", "stated": "stated: the user's persona description (oracle)",
+              "untrained_summarizer": "the untrained summarizer's", "trained_summarizer": "the trained summarizer's"}
+    rows = []
+    for source, label in labels.items():
+        st = rec["summaries"].get(source)
+        cells = [f"{st['states_own_persona']:.2f} / {st['states_own_answer_form']:.2f}" if st else
+                 ("1.00 / 1.00" if source == "stated" else "—")]
+        for g in gens:
+            c = rec["pairwise"][g][source]
+            cells += [f"{c['accuracy']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
+                      "—" if source == "none" else f"{c['diff']:+.3f}", "—" if source == "none" else _p(c["p_value"])]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    s, g = rec["summarizer_training"], rec["generator_training"]
+    n = rec["pairwise"]["untrained_generator"]["none"]
+    return (f"From `benchmarks/summary_probes/{path.name}` ({rec['date']}, the clone at git {rec['clone_revision'][:7]}, "
+            f"{rec['machine']}; `{rec['command']} --in CLONE`, {rec['minutes']} min; `-S` "
+            + " ".join(f"`{o}`" for o in rec["overrides"]) + f"): {rec['train_users']} train users, "
+            f"{n['n_users']} test users ({n['n_pairs']} pairs). Summarizer: LoRA SFT on the train users' stated "
+            f"summaries, {s['lora_steps']} steps at lr {s['learning_rate']:g}; generator: LoRA SFT on their chosen "
+            f"responses given the stated summary, {g['lora_steps']} steps at lr {g['learning_rate']:g}. Pairwise "
+            "accuracy with each summary source, and its difference from no summary under the same generator "
+            "(paired sign-flip test over users).\n\n"
+            "| summary source | test summaries stating the user's persona / answer form | untrained generator: "
+            "accuracy [95% CI] | diff | p | trained generator: accuracy [95% CI] | diff | p |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+
+
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,
               "judge_benchmark": judge_benchmark, "pairwise_benchmark": pairwise_benchmark,
               "training_benchmark": training_benchmark, "sampling_benchmark": sampling_benchmark,
               "adapter_benchmark": adapter_benchmark, "vllm_adapter_benchmark": vllm_adapter_benchmark,
               "vllm_benchmark": vllm_benchmark, "learning_probes": learning_probes,
+              "summary_probes": summary_probes,
               **{run: (lambda root, run=run: controlled(root, run))
                  for run in ("persona", "persona-summary")}}
 
