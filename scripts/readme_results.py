@@ -401,7 +401,7 @@ def summary_probes(root: Path) -> str:
     for source, label in labels.items():
         st = rec["summaries"].get(source)
         cells = [f"{st['states_own_persona']:.2f} / {st['states_own_answer_form']:.2f}" if st else
-                 ("1.00 / 1.00" if source == "stated" else "—")]
+                 ("1.00 / 1.00 (by construction)" if source == "stated" else "—")]
         for g in gens:
             c = rec["pairwise"][g][source]
             cells += [f"{c['accuracy']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]",
@@ -416,9 +416,10 @@ def summary_probes(root: Path) -> str:
             f"summaries, {s['lora_steps']} steps at lr {s['learning_rate']:g}; generator: LoRA SFT on their chosen "
             f"responses given the stated summary, {g['lora_steps']} steps at lr {g['learning_rate']:g}. Pairwise "
             "accuracy with each summary source, and its difference from no summary under the same generator "
-            "(paired sign-flip test over users).\n\n"
-            "| summary source | test summaries stating the user's persona / answer form | untrained generator: "
-            "accuracy [95% CI] | diff | p | trained generator: accuracy [95% CI] | diff | p |\n"
+            "(paired sign-flip test over users); accuracy is the macro mean over domains, its CI a bootstrap over users.\n\n"
+            "| summary source | test summaries equal to the user's persona description / to one with its answer form | "
+            "untrained generator: accuracy [95% CI] | diff vs none | p | trained generator: accuracy [95% CI] | "
+            "diff vs none | p |\n"
             "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 
 

@@ -11,18 +11,20 @@ the committed run (CLONE as for scripts/learning_probe.py: the pipeline equals H
 - The generator: does it read a summary that states what the user wants? The *stated* summary is
   the benchmark's plain-language description of the user's ground-truth persona
   (data/persona/manifest.json), the best summary a summarizer could write. No pipeline prompt ever
-  sees it; here it is an oracle, for analysis. Measured on the untrained generator, and on one
+  sees it; here the test users' is an oracle, for analysis, and the train users' a training target
+  (the summarizer's) and input (the generator's). Measured on the untrained generator, and on one
   trained with LoRA SFT (training.fit_and_export, the pipeline's one train-and-export path) on the
   train users' chosen responses given their stated summary.
 - The summarizer: does it write such a summary from the user's history? The untrained summarizer's
-  summaries (summary mode's prompt, greedy, scrubbed of copied profile text, as its evaluate step
+  summaries (summary mode's prompt and sampling settings, scrubbed of copied profile text, as its evaluate step
   writes them), and those of a summarizer trained with LoRA SFT on the train users' stated
   summaries. Those are targets that fit each user, as in learning_probe.py's persona-fitting
   settings; the test users' summaries come from their history alone.
 
 Each summary source is scored under each generator: pairwise accuracy (preferences.pairwise_accuracy,
 the report's) against no summary with the same generator, paired sign-flip test over users. The
-record also holds how many test summaries state the user's persona (or its answer form).
+record also holds how many test summaries are exactly the user's persona description, or one with
+its answer form.
 It writes benchmarks/summary_probes/<clone revision>.json; `scripts/readme_results.py` tabulates the
 newest record in the README. The LoRA work goes to CLONE/.summary_probe/.
 """
@@ -48,6 +50,7 @@ OUT = ROOT / "benchmarks" / "summary_probes"
 OVERRIDES = ["data.max_records_per_split=null"]  # every record: 120 train and 120 test users
 # LoRA SFT of each role (the rest: params.yaml's train section). 480 steps at 3e-3 is what the
 # policy needed to pick the answer form from the history (learning_probe.py's last persona-fitting setting).
+# The generator reads an explicit statement instead of inferring it: half the summarizer's steps.
 GENERATOR_TRAIN = {"max_steps": 240, "learning_rate": 3e-3}
 SUMMARIZER_TRAIN = {"max_steps": 480, "learning_rate": 3e-3}
 
@@ -70,7 +73,8 @@ def states(summaries: dict[str, str], users: list, persona: dict[str, str], desc
 
 
 def write_summaries(params, users: list, role, models: Path) -> dict[str, str]:
-    """One greedy summary per user from summary mode's summarizer prompt, scrubbed as the pipeline does."""
+    """One summary per user from summary mode's summarizer prompt and sampling settings (as its
+    evaluate step writes them), scrubbed as the pipeline does."""
     from personal_nlf import evaluate
     from personal_nlf.llm import sampling_for
     from personal_nlf.modes.summary import summarizer_prompt, token_counter
@@ -128,7 +132,7 @@ def run(clone: Path) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     train = evaluate.load_eval_records(prepared, index, params.data.domains, "train")
     test = evaluate.load_eval_records(prepared, index, params.data.domains, "test")
-    persona = {er.key: er.record.persona for er in [*train, *test]}  # analysis and oracle only
+    persona = {er.key: er.record.persona for er in [*train, *test]}  # oracle, targets and analysis only
     described = json.loads((clone / "data/persona/manifest.json").read_text())["personas"]
     stated = {er.key: described[persona[er.key]] for er in [*train, *test]}
     generator, summarizer = params.models.generator, params.models.summarizer
@@ -145,6 +149,7 @@ def run(clone: Path) -> dict:
     # The generator: untrained, and trained on the chosen responses given the stated summary.
     g_adapter, g_train = sft(params, generator,
                              [training.sft_row(prompts.summary_answer(er.record.question, stated[er.key]),
+                                               # every pair of a record has the same chosen response
                                                preferences.answer_json(er.record.pairs[0].chosen)) for er in train],
                              GENERATOR_TRAIN, models, out / "generator")
     sources = {"stated": {er.key: stated[er.key] for er in test}, "untrained_summarizer": untrained_summaries,
