@@ -391,9 +391,11 @@ def learning_probes(root: Path) -> str:
 def summary_probes(root: Path) -> str:
     """benchmarks/summary_probes/ (scripts/summary_probe.py), its newest record: pairwise accuracy
     of the untrained and the trained generator under each summary source, against no summary."""
-    path = max((root / "benchmarks" / "summary_probes").glob("*.json"),
+    folder = root / "benchmarks" / "summary_probes"
+    path = max((p for p in folder.glob("*.json") if "_" not in p.stem),  # default step counts: <revision>.json
                key=lambda p: (json.loads(p.read_text())["date"], p.name))
     rec = json.loads(path.read_text())
+    others = [json.loads(p.read_text()) for p in sorted(folder.glob(f"{path.stem}_*.json"))]
     gens = ("untrained_generator", "trained_generator")
     labels = {"none": "none (no summary)", "stated": "stated: the user's persona description (oracle)",
               "untrained_summarizer": "the untrained summarizer's", "trained_summarizer": "the trained summarizer's"}
@@ -420,7 +422,22 @@ def summary_probes(root: Path) -> str:
             "| summary source | test summaries equal to the user's persona description / to one with its answer form | "
             "untrained generator: accuracy [95% CI] | diff vs none | p | trained generator: accuracy [95% CI] | "
             "diff vs none | p |\n"
-            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n"
+            + "".join(_summary_probe_steps(o) for o in others))
+
+
+def _summary_probe_steps(rec: dict) -> str:
+    """One line for a summary probe with other step counts (scripts/summary_probe.py --steps)."""
+    s, g = rec["summarizer_training"], rec["generator_training"]
+    st, pw = rec["summaries"]["trained_summarizer"], rec["pairwise"]["trained_generator"]
+    return (f"\nWith {s['lora_steps']} summarizer steps and {g['lora_steps']} generator steps (`{rec['command']} --in CLONE`, "
+            f"{rec['date']}, {rec['minutes']} min): the trained summarizer's test summaries equal the user's persona "
+            f"description for {st['states_own_persona']:.2f} of users (its answer form: "
+            f"{st['states_own_answer_form']:.2f}); the trained generator's pairwise accuracy is "
+            f"{pw['trained_summarizer']['accuracy']:.3f} with them ({pw['trained_summarizer']['diff']:+.3f}, "
+            f"p {_p(pw['trained_summarizer']['p_value']).replace('<', '< ')}), {pw['stated']['accuracy']:.3f} with the "
+            f"stated summary ({pw['stated']['diff']:+.3f}, p {_p(pw['stated']['p_value']).replace('<', '< ')}) and "
+            f"{pw['none']['accuracy']:.3f} without.\n")
 
 
 GENERATORS = {"timings": timings, "test_runs": test_runs, "repro_runs": repro_runs, "benchmarks": benchmarks, "plan": plan,

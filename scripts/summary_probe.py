@@ -1,6 +1,6 @@
 """benchmarks/summary_probes/: what summary-conditioned pairwise accuracy takes, measured in parts.
 
-    python scripts/summary_probe.py --in CLONE [--machine TEXT]
+    python scripts/summary_probe.py --in CLONE [--steps SUMMARIZER GENERATOR] [--machine TEXT]
 
 Issue 13's third comparison: given the user's summary, the generator gives the user's chosen
 response a higher likelihood than the rejected one more often than with no summary. The committed
@@ -25,8 +25,9 @@ Each summary source is scored under each generator: pairwise accuracy (preferenc
 the report's) against no summary with the same generator, paired sign-flip test over users. The
 record also holds how many test summaries are exactly the user's persona description, or one with
 its answer form.
-It writes benchmarks/summary_probes/<clone revision>.json; `scripts/readme_results.py` tabulates the
-newest record in the README. The LoRA work goes to CLONE/.summary_probe/.
+It writes benchmarks/summary_probes/<clone revision>.json (with other --steps than the defaults:
+<clone revision>_s<summarizer steps>_g<generator steps>.json); `scripts/readme_results.py` tabulates
+the newest default record in the README, and summarizes the other step counts of its clone. The LoRA work goes to CLONE/.summary_probe/.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def sft(params, role, rows: list[dict], update: dict, models: Path, out: Path) -
         "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")]}
 
 
-def run(clone: Path) -> dict:
+def run(clone: Path, summarizer_train: dict, generator_train: dict) -> dict:
     from personal_nlf import evaluate, preferences, prompts, training
     from personal_nlf.modes.summary import summarizer_prompt, token_counter
 
@@ -141,7 +142,7 @@ def run(clone: Path) -> dict:
     count = token_counter(summarizer, models)
     untrained_summaries = write_summaries(params, test, summarizer, models)
     s_adapter, s_train = sft(params, summarizer, [training.sft_row(summarizer_prompt(params, er, count)[0], stated[er.key])
-                                                  for er in train], SUMMARIZER_TRAIN, models, out / "summarizer")
+                                                  for er in train], summarizer_train, models, out / "summarizer")
     trained_summaries = write_summaries(params, test, summarizer.model_copy(update={"adapter": s_adapter}), models)
     (out / "test_summaries.json").write_text(json.dumps({"untrained": untrained_summaries,
                                                           "trained": trained_summaries}, indent=1))
@@ -151,7 +152,7 @@ def run(clone: Path) -> dict:
                              [training.sft_row(prompts.summary_answer(er.record.question, stated[er.key]),
                                                # every pair of a record has the same chosen response
                                                preferences.answer_json(er.record.pairs[0].chosen)) for er in train],
-                             GENERATOR_TRAIN, models, out / "generator")
+                             generator_train, models, out / "generator")
     sources = {"stated": {er.key: stated[er.key] for er in test}, "untrained_summarizer": untrained_summaries,
                "trained_summarizer": trained_summaries}
     return {
@@ -168,10 +169,15 @@ def run(clone: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--in", dest="clone", type=Path, required=True, help="a clone where the default run finished")
+    ap.add_argument("--steps", type=int, nargs=2, metavar=("SUMMARIZER", "GENERATOR"),
+                    default=[SUMMARIZER_TRAIN["max_steps"], GENERATOR_TRAIN["max_steps"]],
+                    help="LoRA steps of the two trainings (default: %(default)s)")
     ap.add_argument("--machine", default="2-core CPU, 24 GiB, no GPU")
     args = ap.parse_args(argv)
     clone = args.clone.resolve()
     rev = clone_revision(clone)
+    s_steps, g_steps = args.steps
+    default = [s_steps, g_steps] == [SUMMARIZER_TRAIN["max_steps"], GENERATOR_TRAIN["max_steps"]]
     git(clone, "checkout", "params.yaml")
     # The prepared data and index of every record (restored from DVC's cache after a run that made them).
     cmd = [str(clone / ".venv/bin/dvc"), "exp", "run", "baseline_rag", *[a for o in OVERRIDES for a in ("-S", o)]]
@@ -179,14 +185,15 @@ def main(argv=None) -> int:
     subprocess.run(cmd, cwd=clone, check=True, stdout=subprocess.DEVNULL)
     started = dt.datetime.now()
     try:
-        result = run(clone)
+        result = run(clone, {**SUMMARIZER_TRAIN, "max_steps": s_steps}, {**GENERATOR_TRAIN, "max_steps": g_steps})
     finally:
         git(clone, "checkout", "params.yaml")
+    command = "python scripts/summary_probe.py" + ("" if default else f" --steps {s_steps} {g_steps}")
     record = {"date": dt.date.today().isoformat(), "machine": args.machine, "clone_revision": rev,
-              "head_revision": git(ROOT, "rev-parse", "HEAD"), "command": "python scripts/summary_probe.py",
+              "head_revision": git(ROOT, "rev-parse", "HEAD"), "command": command,
               "overrides": OVERRIDES, "minutes": round((dt.datetime.now() - started).total_seconds() / 60, 1), **result}
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{rev[:7]}.json"
+    path = OUT / (f"{rev[:7]}.json" if default else f"{rev[:7]}_s{s_steps}_g{g_steps}.json")
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")
     print(json.dumps({k: record[k] for k in ("summaries", "pairwise")}, indent=1))
