@@ -216,6 +216,20 @@ def fitting_targets(users: list, params) -> tuple[dict, list[dict], dict, dict]:
     return cands, judged, scores, picks
 
 
+def sft(params, role, rows: list[dict], update: dict, models: Path, out: Path) -> tuple[str, dict]:
+    """LoRA SFT of `role` on rows through the pipeline's train-and-export path (training.fit_and_export)
+    with params.yaml's train settings updated by `update`, keeping the last checkpoint. Returns (the
+    adapter, what it trained with)."""
+    from personal_nlf import training
+
+    cfg = params.train.model_copy(update={**update, "save_steps": update["max_steps"]})  # the last checkpoint
+    training.fit_and_export("sft", rows, role, models, cfg, out, work_dir=out.parent / f"{out.name}_work", seed=params.seed)
+    stats = json.loads((out / "train_stats.json").read_text())
+    return json.loads((out / "state.json").read_text())["adapter"], {
+        "train_users": len(rows), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
+        "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")]}
+
+
 def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
     """Offline RL's first iteration with targets that fit each user: the same selection (the
     verifier's best candidate per train user, loop.select_best), training (training.fit_and_export,
@@ -234,11 +248,7 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
     cands, judged, scores, picks = fitting_targets(users, params)
     rows = [training.sft_row(prompts.rag(er.record.question, er.own),
                              preferences.answer_json(cands[er.key][picks[er.key]["best_j"]])) for er in users]
-    cfg = params.train.model_copy(update={**train_update, "save_steps": train_update["max_steps"]})  # the last checkpoint
-    training.fit_and_export("sft", rows, params.models.policy, models, cfg, out / "train", work_dir=out / "work",
-                            seed=params.seed)
-    stats = json.loads((out / "train/train_stats.json").read_text())
-    adapter = json.loads((out / "train/state.json").read_text())["adapter"]
+    adapter, trained_with = sft(params, params.models.policy, rows, train_update, models, out / "train")
     # The trained policy with the retrieved profile (its pairwise accuracy under it and under no
     # personalization comes with it), and without: the same comparisons the untrained policy gets.
     tests = evaluate.load_eval_records(prepared, index, params.data.domains, "test")
@@ -253,8 +263,7 @@ def persona_fitting_run(clone: Path, persona: dict, train_update: dict) -> dict:
     trained_rows = read_jsonl(out / "eval/judge_scores.jsonl")
     key = {er.key: (er.domain, er.record.id) for er in users}
     return {
-        "train_users": len(users), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
-        "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")],
+        **trained_with,
         "targets": targets_summary({key[k]: v["best_score"] for k, v in picks.items()},
                                    [sum(scores[f"{k}|s{j}"] for j in range(3)) / 3 for k in cands], judged,
                                    {key[k]: f"s{v['best_j']}" for k, v in picks.items()}, persona),

@@ -435,8 +435,8 @@ def _summary_probe_steps(rec: dict) -> str:
             f"description for {st['states_own_persona']:.2f} of users (its answer form: "
             f"{st['states_own_answer_form']:.2f}); the trained generator's pairwise accuracy is "
             f"{pw['trained_summarizer']['accuracy']:.3f} with them ({pw['trained_summarizer']['diff']:+.3f}, "
-            f"p {_p(pw['trained_summarizer']['p_value']).replace('<', '< ')}), {pw['stated']['accuracy']:.3f} with the "
-            f"stated summary ({pw['stated']['diff']:+.3f}, p {_p(pw['stated']['p_value']).replace('<', '< ')}) and "
+            f"p {_p(pw['trained_summarizer']['p_value'])}), {pw['stated']['accuracy']:.3f} with the "
+            f"stated summary ({pw['stated']['diff']:+.3f}, p {_p(pw['stated']['p_value'])}) and "
             f"{pw['none']['accuracy']:.3f} without.\n")
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from learning_probe import clone_revision, git  # noqa: E402
+from learning_probe import clone_revision, git, sft  # noqa: E402
 
 from personal_nlf.config import load_params  # noqa: E402
 
@@ -110,17 +110,6 @@ def pairwise(params, users: list, role, models: Path, sources: dict[str, dict[st
                    **({} if name == "none" else {"diff": pa["paired_vs_none"][name]["diff"],
                                                  "p_value": pa["paired_vs_none"][name]["p_value"]})}
             for name in conds}
-
-
-def sft(params, role, rows: list[dict], update: dict, models: Path, out: Path) -> tuple[str, dict]:
-    from personal_nlf import training
-
-    cfg = params.train.model_copy(update={**update, "save_steps": update["max_steps"]})  # the last checkpoint
-    training.fit_and_export("sft", rows, role, models, cfg, out, work_dir=out.parent / f"{out.name}_work", seed=params.seed)
-    stats = json.loads((out / "train_stats.json").read_text())
-    return json.loads((out / "state.json").read_text())["adapter"], {
-        "train_users": len(rows), "lora_steps": cfg.max_steps, "learning_rate": cfg.learning_rate,
-        "loss_first_last": [stats.get("first_loss"), stats.get("last_loss")]}
 
 
 def run(clone: Path, summarizer_train: dict, generator_train: dict) -> dict:
